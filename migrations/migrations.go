@@ -11,7 +11,10 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
+	"io"
 	"io/fs"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -97,3 +100,32 @@ func Version(ctx context.Context, dsn string, s Schema) (int64, error) {
 }
 
 var _ = stdlib.GetDefaultDriver // registers the "pgx" database/sql driver
+
+// Command runs the `migrate` subcommand of either binary: args are
+// "up", "down [VERSION]" (default 0: remove everything) or "version".
+func Command(ctx context.Context, dsn string, s Schema, args []string, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	switch {
+	case len(args) == 1 && args[0] == "up":
+		return Up(ctx, dsn, s)
+	case len(args) >= 1 && len(args) <= 2 && args[0] == "down":
+		to := int64(0)
+		if len(args) == 2 {
+			v, err := strconv.ParseInt(args[1], 10, 64)
+			if err != nil || v < 0 {
+				return fmt.Errorf("migrations: version %q is not a non-negative integer", args[1])
+			}
+			to = v
+		}
+		return DownTo(ctx, dsn, s, to)
+	case len(args) == 1 && args[0] == "version":
+		v, err := Version(ctx, dsn, s)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(out, v)
+		return err
+	}
+	return fmt.Errorf("migrations: want up, down [VERSION] or version, got %q", args)
+}
