@@ -140,6 +140,7 @@ type month struct {
 	retries        atomic.Int64
 	refused        atomic.Int64
 	late           atomic.Int64
+	consented      atomic.Int64
 	disputeUsageID string
 	mu             sync.Mutex
 }
@@ -186,6 +187,8 @@ func RunMonth(ctx context.Context, fed Federation, pop *Population, cfg MonthCon
 		m.sum.Seconds[st.name] = time.Since(start).Seconds()
 		m.sum.PhaseOrder = append(m.sum.PhaseOrder, st.name)
 	}
+	r := &m.sum.Relationships
+	r.Active = m.consented.Load() - r.DissolvedVoluntary - r.DissolvedAuto
 	m.sum.Usages.Approved = m.approved.Load()
 	m.sum.Usages.AmountApproved = money.FromFen(m.approvedFen.Load()).String()
 	m.sum.Usages.CrossProvince = m.cross.Load()
@@ -396,6 +399,9 @@ func (m *month) relationships(ctx context.Context) error {
 			_, err = call(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
 				return m.fed.Province(other.Province).ConsentRelationship(ctx, cmd)
 			})
+			if err == nil {
+				m.consented.Add(1)
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("answer link %d: %w", i, err)
