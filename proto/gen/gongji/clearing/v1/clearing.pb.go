@@ -2337,6 +2337,142 @@ func (x *VerifyJournalResponse) GetFirstError() string {
 	return ""
 }
 
+type ResolveDisputeRequest struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Setlym           string                 `protobuf:"bytes,1,opt,name=setlym,proto3" json:"setlym,omitempty"`                                 // the period of the disputed statement
+	ProvinceCode     string                 `protobuf:"bytes,2,opt,name=province_code,json=provinceCode,proto3" json:"province_code,omitempty"` // the disputing province
+	UsageId          string                 `protobuf:"bytes,3,opt,name=usage_id,json=usageId,proto3" json:"usage_id,omitempty"`
+	Accept           bool                   `protobuf:"varint,4,opt,name=accept,proto3" json:"accept,omitempty"`                                            // false: rejected, nothing is adjusted
+	AdjustmentAmount string                 `protobuf:"bytes,5,opt,name=adjustment_amount,json=adjustmentAmount,proto3" json:"adjustment_amount,omitempty"` // signed, as it will appear in usages.csv
+	ResolutionKey    string                 `protobuf:"bytes,6,opt,name=resolution_key,json=resolutionKey,proto3" json:"resolution_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ResolveDisputeRequest) Reset() {
+	*x = ResolveDisputeRequest{}
+	mi := &file_gongji_clearing_v1_clearing_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveDisputeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveDisputeRequest) ProtoMessage() {}
+
+func (x *ResolveDisputeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gongji_clearing_v1_clearing_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveDisputeRequest.ProtoReflect.Descriptor instead.
+func (*ResolveDisputeRequest) Descriptor() ([]byte, []int) {
+	return file_gongji_clearing_v1_clearing_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ResolveDisputeRequest) GetSetlym() string {
+	if x != nil {
+		return x.Setlym
+	}
+	return ""
+}
+
+func (x *ResolveDisputeRequest) GetProvinceCode() string {
+	if x != nil {
+		return x.ProvinceCode
+	}
+	return ""
+}
+
+func (x *ResolveDisputeRequest) GetUsageId() string {
+	if x != nil {
+		return x.UsageId
+	}
+	return ""
+}
+
+func (x *ResolveDisputeRequest) GetAccept() bool {
+	if x != nil {
+		return x.Accept
+	}
+	return false
+}
+
+func (x *ResolveDisputeRequest) GetAdjustmentAmount() string {
+	if x != nil {
+		return x.AdjustmentAmount
+	}
+	return ""
+}
+
+func (x *ResolveDisputeRequest) GetResolutionKey() string {
+	if x != nil {
+		return x.ResolutionKey
+	}
+	return ""
+}
+
+type ResolveDisputeResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	AdjustmentUsageId string                 `protobuf:"bytes,1,opt,name=adjustment_usage_id,json=adjustmentUsageId,proto3" json:"adjustment_usage_id,omitempty"`
+	AdjustmentSetlym  string                 `protobuf:"bytes,2,opt,name=adjustment_setlym,json=adjustmentSetlym,proto3" json:"adjustment_setlym,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ResolveDisputeResponse) Reset() {
+	*x = ResolveDisputeResponse{}
+	mi := &file_gongji_clearing_v1_clearing_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveDisputeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveDisputeResponse) ProtoMessage() {}
+
+func (x *ResolveDisputeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gongji_clearing_v1_clearing_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveDisputeResponse.ProtoReflect.Descriptor instead.
+func (*ResolveDisputeResponse) Descriptor() ([]byte, []int) {
+	return file_gongji_clearing_v1_clearing_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ResolveDisputeResponse) GetAdjustmentUsageId() string {
+	if x != nil {
+		return x.AdjustmentUsageId
+	}
+	return ""
+}
+
+func (x *ResolveDisputeResponse) GetAdjustmentSetlym() string {
+	if x != nil {
+		return x.AdjustmentSetlym
+	}
+	return ""
+}
+
 var File_gongji_clearing_v1_clearing_proto protoreflect.FileDescriptor
 
 const file_gongji_clearing_v1_clearing_proto_rawDesc = "" +
@@ -2514,7 +2650,17 @@ const file_gongji_clearing_v1_clearing_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x01(\x03R\aentries\x12\x12\n" +
 	"\x04head\x18\x03 \x01(\tR\x04head\x12\x1f\n" +
 	"\vfirst_error\x18\x04 \x01(\tR\n" +
-	"firstError*x\n" +
+	"firstError\"\xdb\x01\n" +
+	"\x15ResolveDisputeRequest\x12\x16\n" +
+	"\x06setlym\x18\x01 \x01(\tR\x06setlym\x12#\n" +
+	"\rprovince_code\x18\x02 \x01(\tR\fprovinceCode\x12\x19\n" +
+	"\busage_id\x18\x03 \x01(\tR\ausageId\x12\x16\n" +
+	"\x06accept\x18\x04 \x01(\bR\x06accept\x12+\n" +
+	"\x11adjustment_amount\x18\x05 \x01(\tR\x10adjustmentAmount\x12%\n" +
+	"\x0eresolution_key\x18\x06 \x01(\tR\rresolutionKey\"u\n" +
+	"\x16ResolveDisputeResponse\x12.\n" +
+	"\x13adjustment_usage_id\x18\x01 \x01(\tR\x11adjustmentUsageId\x12+\n" +
+	"\x11adjustment_setlym\x18\x02 \x01(\tR\x10adjustmentSetlym*x\n" +
 	"\n" +
 	"RecordKind\x12\x1b\n" +
 	"\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2549,7 +2695,7 @@ const file_gongji_clearing_v1_clearing_proto_rawDesc = "" +
 	"\fGetStatement\x12'.gongji.clearing.v1.GetStatementRequest\x1a\x1d.gongji.clearing.v1.Statement\x12^\n" +
 	"\x10ConfirmStatement\x12+.gongji.clearing.v1.ConfirmStatementRequest\x1a\x1d.gongji.clearing.v1.Statement\x12^\n" +
 	"\x10DisputeStatement\x12+.gongji.clearing.v1.DisputeStatementRequest\x1a\x1d.gongji.clearing.v1.Statement\x12d\n" +
-	"\x11GetProvinceExport\x12,.gongji.clearing.v1.GetProvinceExportRequest\x1a\x1f.gongji.clearing.v1.ExportChunk0\x012\xf3\x05\n" +
+	"\x11GetProvinceExport\x12,.gongji.clearing.v1.GetProvinceExportRequest\x1a\x1f.gongji.clearing.v1.ExportChunk0\x012\xdc\x06\n" +
 	"\fAdminService\x12R\n" +
 	"\vClosePeriod\x12!.gongji.clearing.v1.PeriodRequest\x1a .gongji.clearing.v1.PeriodStatus\x12S\n" +
 	"\fSettlePeriod\x12!.gongji.clearing.v1.PeriodRequest\x1a .gongji.clearing.v1.PeriodStatus\x12V\n" +
@@ -2559,7 +2705,8 @@ const file_gongji_clearing_v1_clearing_proto_rawDesc = "" +
 	"\n" +
 	"FundPrepay\x12).gongji.clearing.v1.PrepayMovementRequest\x1a!.gongji.clearing.v1.PrepayAccount\x12_\n" +
 	"\x0fReplenishPrepay\x12).gongji.clearing.v1.PrepayMovementRequest\x1a!.gongji.clearing.v1.PrepayAccount\x12d\n" +
-	"\rVerifyJournal\x12(.gongji.clearing.v1.VerifyJournalRequest\x1a).gongji.clearing.v1.VerifyJournalResponseB0Z.gongji/proto/gen/gongji/clearing/v1;clearingv1b\x06proto3"
+	"\rVerifyJournal\x12(.gongji.clearing.v1.VerifyJournalRequest\x1a).gongji.clearing.v1.VerifyJournalResponse\x12g\n" +
+	"\x0eResolveDispute\x12).gongji.clearing.v1.ResolveDisputeRequest\x1a*.gongji.clearing.v1.ResolveDisputeResponseB0Z.gongji/proto/gen/gongji/clearing/v1;clearingv1b\x06proto3"
 
 var (
 	file_gongji_clearing_v1_clearing_proto_rawDescOnce sync.Once
@@ -2574,7 +2721,7 @@ func file_gongji_clearing_v1_clearing_proto_rawDescGZIP() []byte {
 }
 
 var file_gongji_clearing_v1_clearing_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_gongji_clearing_v1_clearing_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_gongji_clearing_v1_clearing_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_gongji_clearing_v1_clearing_proto_goTypes = []any{
 	(RecordKind)(0),                            // 0: gongji.clearing.v1.RecordKind
 	(ReporterRole)(0),                          // 1: gongji.clearing.v1.ReporterRole
@@ -2613,28 +2760,30 @@ var file_gongji_clearing_v1_clearing_proto_goTypes = []any{
 	(*PrepayMovementRequest)(nil),              // 34: gongji.clearing.v1.PrepayMovementRequest
 	(*VerifyJournalRequest)(nil),               // 35: gongji.clearing.v1.VerifyJournalRequest
 	(*VerifyJournalResponse)(nil),              // 36: gongji.clearing.v1.VerifyJournalResponse
-	(*v1.DebitRequest)(nil),                    // 37: gongji.province.v1.DebitRequest
-	(*v1.DebitResponse)(nil),                   // 38: gongji.province.v1.DebitResponse
-	(*v1.ReverseDebitRequest)(nil),             // 39: gongji.province.v1.ReverseDebitRequest
-	(*v1.ReverseResponse)(nil),                 // 40: gongji.province.v1.ReverseResponse
-	(*v1.ApplyRelationshipCommandRequest)(nil), // 41: gongji.province.v1.ApplyRelationshipCommandRequest
-	(*v1.Relationship)(nil),                    // 42: gongji.province.v1.Relationship
-	(v1.UsageKind)(0),                          // 43: gongji.province.v1.UsageKind
-	(*timestamppb.Timestamp)(nil),              // 44: google.protobuf.Timestamp
+	(*ResolveDisputeRequest)(nil),              // 37: gongji.clearing.v1.ResolveDisputeRequest
+	(*ResolveDisputeResponse)(nil),             // 38: gongji.clearing.v1.ResolveDisputeResponse
+	(*v1.DebitRequest)(nil),                    // 39: gongji.province.v1.DebitRequest
+	(*v1.DebitResponse)(nil),                   // 40: gongji.province.v1.DebitResponse
+	(*v1.ReverseDebitRequest)(nil),             // 41: gongji.province.v1.ReverseDebitRequest
+	(*v1.ReverseResponse)(nil),                 // 42: gongji.province.v1.ReverseResponse
+	(*v1.ApplyRelationshipCommandRequest)(nil), // 43: gongji.province.v1.ApplyRelationshipCommandRequest
+	(*v1.Relationship)(nil),                    // 44: gongji.province.v1.Relationship
+	(v1.UsageKind)(0),                          // 45: gongji.province.v1.UsageKind
+	(*timestamppb.Timestamp)(nil),              // 46: google.protobuf.Timestamp
 }
 var file_gongji_clearing_v1_clearing_proto_depIdxs = []int32{
-	37, // 0: gongji.clearing.v1.AuthorizeRequest.debit:type_name -> gongji.province.v1.DebitRequest
-	38, // 1: gongji.clearing.v1.AuthorizeResponse.debit:type_name -> gongji.province.v1.DebitResponse
-	39, // 2: gongji.clearing.v1.AuthorizeReversalRequest.reversal:type_name -> gongji.province.v1.ReverseDebitRequest
-	40, // 3: gongji.clearing.v1.AuthorizeReversalResponse.reversal:type_name -> gongji.province.v1.ReverseResponse
-	41, // 4: gongji.clearing.v1.RelayRelationshipCommandRequest.command:type_name -> gongji.province.v1.ApplyRelationshipCommandRequest
-	42, // 5: gongji.clearing.v1.RelayRelationshipCommandResponse.relationship:type_name -> gongji.province.v1.Relationship
-	42, // 6: gongji.clearing.v1.RelayRelationshipSnapshotRequest.relationship:type_name -> gongji.province.v1.Relationship
+	39, // 0: gongji.clearing.v1.AuthorizeRequest.debit:type_name -> gongji.province.v1.DebitRequest
+	40, // 1: gongji.clearing.v1.AuthorizeResponse.debit:type_name -> gongji.province.v1.DebitResponse
+	41, // 2: gongji.clearing.v1.AuthorizeReversalRequest.reversal:type_name -> gongji.province.v1.ReverseDebitRequest
+	42, // 3: gongji.clearing.v1.AuthorizeReversalResponse.reversal:type_name -> gongji.province.v1.ReverseResponse
+	43, // 4: gongji.clearing.v1.RelayRelationshipCommandRequest.command:type_name -> gongji.province.v1.ApplyRelationshipCommandRequest
+	44, // 5: gongji.clearing.v1.RelayRelationshipCommandResponse.relationship:type_name -> gongji.province.v1.Relationship
+	44, // 6: gongji.clearing.v1.RelayRelationshipSnapshotRequest.relationship:type_name -> gongji.province.v1.Relationship
 	0,  // 7: gongji.clearing.v1.UsageRecord.kind:type_name -> gongji.clearing.v1.RecordKind
 	1,  // 8: gongji.clearing.v1.UsageRecord.role:type_name -> gongji.clearing.v1.ReporterRole
-	43, // 9: gongji.clearing.v1.UsageRecord.usage_kind:type_name -> gongji.province.v1.UsageKind
-	44, // 10: gongji.clearing.v1.UsageRecord.occurred_at:type_name -> google.protobuf.Timestamp
-	42, // 11: gongji.clearing.v1.UsageRecord.relationship:type_name -> gongji.province.v1.Relationship
+	45, // 9: gongji.clearing.v1.UsageRecord.usage_kind:type_name -> gongji.province.v1.UsageKind
+	46, // 10: gongji.clearing.v1.UsageRecord.occurred_at:type_name -> google.protobuf.Timestamp
+	44, // 11: gongji.clearing.v1.UsageRecord.relationship:type_name -> gongji.province.v1.Relationship
 	12, // 12: gongji.clearing.v1.ReportBatch.records:type_name -> gongji.clearing.v1.UsageRecord
 	14, // 13: gongji.clearing.v1.ReportAck.rejected:type_name -> gongji.clearing.v1.RecordRejection
 	18, // 14: gongji.clearing.v1.DisputeStatementRequest.items:type_name -> gongji.clearing.v1.DisputedItem
@@ -2645,12 +2794,12 @@ var file_gongji_clearing_v1_clearing_proto_depIdxs = []int32{
 	22, // 19: gongji.clearing.v1.Statement.exceptions:type_name -> gongji.clearing.v1.ReconciliationException
 	18, // 20: gongji.clearing.v1.Statement.disputes:type_name -> gongji.clearing.v1.DisputedItem
 	23, // 21: gongji.clearing.v1.Statement.prepay:type_name -> gongji.clearing.v1.PrepayLine
-	44, // 22: gongji.clearing.v1.Statement.issued_at:type_name -> google.protobuf.Timestamp
-	44, // 23: gongji.clearing.v1.Statement.confirm_by:type_name -> google.protobuf.Timestamp
+	46, // 22: gongji.clearing.v1.Statement.issued_at:type_name -> google.protobuf.Timestamp
+	46, // 23: gongji.clearing.v1.Statement.confirm_by:type_name -> google.protobuf.Timestamp
 	2,  // 24: gongji.clearing.v1.PeriodStatus.state:type_name -> gongji.clearing.v1.PeriodState
-	44, // 25: gongji.clearing.v1.PeriodStatus.cut_off:type_name -> google.protobuf.Timestamp
-	44, // 26: gongji.clearing.v1.PeriodStatus.closed_at:type_name -> google.protobuf.Timestamp
-	44, // 27: gongji.clearing.v1.PeriodStatus.settled_at:type_name -> google.protobuf.Timestamp
+	46, // 25: gongji.clearing.v1.PeriodStatus.cut_off:type_name -> google.protobuf.Timestamp
+	46, // 26: gongji.clearing.v1.PeriodStatus.closed_at:type_name -> google.protobuf.Timestamp
+	46, // 27: gongji.clearing.v1.PeriodStatus.settled_at:type_name -> google.protobuf.Timestamp
 	28, // 28: gongji.clearing.v1.ListPeriodsResponse.periods:type_name -> gongji.clearing.v1.PeriodStatus
 	32, // 29: gongji.clearing.v1.PrepayStatus.accounts:type_name -> gongji.clearing.v1.PrepayAccount
 	4,  // 30: gongji.clearing.v1.SwitchService.Authorize:input_type -> gongji.clearing.v1.AuthorizeRequest
@@ -2670,25 +2819,27 @@ var file_gongji_clearing_v1_clearing_proto_depIdxs = []int32{
 	34, // 44: gongji.clearing.v1.AdminService.FundPrepay:input_type -> gongji.clearing.v1.PrepayMovementRequest
 	34, // 45: gongji.clearing.v1.AdminService.ReplenishPrepay:input_type -> gongji.clearing.v1.PrepayMovementRequest
 	35, // 46: gongji.clearing.v1.AdminService.VerifyJournal:input_type -> gongji.clearing.v1.VerifyJournalRequest
-	5,  // 47: gongji.clearing.v1.SwitchService.Authorize:output_type -> gongji.clearing.v1.AuthorizeResponse
-	7,  // 48: gongji.clearing.v1.SwitchService.AuthorizeReversal:output_type -> gongji.clearing.v1.AuthorizeReversalResponse
-	9,  // 49: gongji.clearing.v1.SwitchService.RelayRelationshipCommand:output_type -> gongji.clearing.v1.RelayRelationshipCommandResponse
-	11, // 50: gongji.clearing.v1.SwitchService.RelayRelationshipSnapshot:output_type -> gongji.clearing.v1.RelayRelationshipSnapshotResponse
-	15, // 51: gongji.clearing.v1.ReportingService.ReportUsage:output_type -> gongji.clearing.v1.ReportAck
-	24, // 52: gongji.clearing.v1.StatementService.GetStatement:output_type -> gongji.clearing.v1.Statement
-	24, // 53: gongji.clearing.v1.StatementService.ConfirmStatement:output_type -> gongji.clearing.v1.Statement
-	24, // 54: gongji.clearing.v1.StatementService.DisputeStatement:output_type -> gongji.clearing.v1.Statement
-	26, // 55: gongji.clearing.v1.StatementService.GetProvinceExport:output_type -> gongji.clearing.v1.ExportChunk
-	28, // 56: gongji.clearing.v1.AdminService.ClosePeriod:output_type -> gongji.clearing.v1.PeriodStatus
-	28, // 57: gongji.clearing.v1.AdminService.SettlePeriod:output_type -> gongji.clearing.v1.PeriodStatus
-	28, // 58: gongji.clearing.v1.AdminService.GetPeriodStatus:output_type -> gongji.clearing.v1.PeriodStatus
-	30, // 59: gongji.clearing.v1.AdminService.ListPeriods:output_type -> gongji.clearing.v1.ListPeriodsResponse
-	33, // 60: gongji.clearing.v1.AdminService.GetPrepayStatus:output_type -> gongji.clearing.v1.PrepayStatus
-	32, // 61: gongji.clearing.v1.AdminService.FundPrepay:output_type -> gongji.clearing.v1.PrepayAccount
-	32, // 62: gongji.clearing.v1.AdminService.ReplenishPrepay:output_type -> gongji.clearing.v1.PrepayAccount
-	36, // 63: gongji.clearing.v1.AdminService.VerifyJournal:output_type -> gongji.clearing.v1.VerifyJournalResponse
-	47, // [47:64] is the sub-list for method output_type
-	30, // [30:47] is the sub-list for method input_type
+	37, // 47: gongji.clearing.v1.AdminService.ResolveDispute:input_type -> gongji.clearing.v1.ResolveDisputeRequest
+	5,  // 48: gongji.clearing.v1.SwitchService.Authorize:output_type -> gongji.clearing.v1.AuthorizeResponse
+	7,  // 49: gongji.clearing.v1.SwitchService.AuthorizeReversal:output_type -> gongji.clearing.v1.AuthorizeReversalResponse
+	9,  // 50: gongji.clearing.v1.SwitchService.RelayRelationshipCommand:output_type -> gongji.clearing.v1.RelayRelationshipCommandResponse
+	11, // 51: gongji.clearing.v1.SwitchService.RelayRelationshipSnapshot:output_type -> gongji.clearing.v1.RelayRelationshipSnapshotResponse
+	15, // 52: gongji.clearing.v1.ReportingService.ReportUsage:output_type -> gongji.clearing.v1.ReportAck
+	24, // 53: gongji.clearing.v1.StatementService.GetStatement:output_type -> gongji.clearing.v1.Statement
+	24, // 54: gongji.clearing.v1.StatementService.ConfirmStatement:output_type -> gongji.clearing.v1.Statement
+	24, // 55: gongji.clearing.v1.StatementService.DisputeStatement:output_type -> gongji.clearing.v1.Statement
+	26, // 56: gongji.clearing.v1.StatementService.GetProvinceExport:output_type -> gongji.clearing.v1.ExportChunk
+	28, // 57: gongji.clearing.v1.AdminService.ClosePeriod:output_type -> gongji.clearing.v1.PeriodStatus
+	28, // 58: gongji.clearing.v1.AdminService.SettlePeriod:output_type -> gongji.clearing.v1.PeriodStatus
+	28, // 59: gongji.clearing.v1.AdminService.GetPeriodStatus:output_type -> gongji.clearing.v1.PeriodStatus
+	30, // 60: gongji.clearing.v1.AdminService.ListPeriods:output_type -> gongji.clearing.v1.ListPeriodsResponse
+	33, // 61: gongji.clearing.v1.AdminService.GetPrepayStatus:output_type -> gongji.clearing.v1.PrepayStatus
+	32, // 62: gongji.clearing.v1.AdminService.FundPrepay:output_type -> gongji.clearing.v1.PrepayAccount
+	32, // 63: gongji.clearing.v1.AdminService.ReplenishPrepay:output_type -> gongji.clearing.v1.PrepayAccount
+	36, // 64: gongji.clearing.v1.AdminService.VerifyJournal:output_type -> gongji.clearing.v1.VerifyJournalResponse
+	38, // 65: gongji.clearing.v1.AdminService.ResolveDispute:output_type -> gongji.clearing.v1.ResolveDisputeResponse
+	48, // [48:66] is the sub-list for method output_type
+	30, // [30:48] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -2705,7 +2856,7 @@ func file_gongji_clearing_v1_clearing_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gongji_clearing_v1_clearing_proto_rawDesc), len(file_gongji_clearing_v1_clearing_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -604,6 +604,7 @@ const (
 	AdminService_FundPrepay_FullMethodName      = "/gongji.clearing.v1.AdminService/FundPrepay"
 	AdminService_ReplenishPrepay_FullMethodName = "/gongji.clearing.v1.AdminService/ReplenishPrepay"
 	AdminService_VerifyJournal_FullMethodName   = "/gongji.clearing.v1.AdminService/VerifyJournal"
+	AdminService_ResolveDispute_FullMethodName  = "/gongji.clearing.v1.AdminService/ResolveDispute"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -620,6 +621,10 @@ type AdminServiceClient interface {
 	FundPrepay(ctx context.Context, in *PrepayMovementRequest, opts ...grpc.CallOption) (*PrepayAccount, error)
 	ReplenishPrepay(ctx context.Context, in *PrepayMovementRequest, opts ...grpc.CallOption) (*PrepayAccount, error)
 	VerifyJournal(ctx context.Context, in *VerifyJournalRequest, opts ...grpc.CallOption) (*VerifyJournalResponse, error)
+	// ResolveDispute settles a disputed statement item: when accepted, an
+	// ADJUSTMENT entry is cleared in the next open period (a closed period is
+	// never edited, R17).
+	ResolveDispute(ctx context.Context, in *ResolveDisputeRequest, opts ...grpc.CallOption) (*ResolveDisputeResponse, error)
 }
 
 type adminServiceClient struct {
@@ -710,6 +715,16 @@ func (c *adminServiceClient) VerifyJournal(ctx context.Context, in *VerifyJourna
 	return out, nil
 }
 
+func (c *adminServiceClient) ResolveDispute(ctx context.Context, in *ResolveDisputeRequest, opts ...grpc.CallOption) (*ResolveDisputeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResolveDisputeResponse)
+	err := c.cc.Invoke(ctx, AdminService_ResolveDispute_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -724,6 +739,10 @@ type AdminServiceServer interface {
 	FundPrepay(context.Context, *PrepayMovementRequest) (*PrepayAccount, error)
 	ReplenishPrepay(context.Context, *PrepayMovementRequest) (*PrepayAccount, error)
 	VerifyJournal(context.Context, *VerifyJournalRequest) (*VerifyJournalResponse, error)
+	// ResolveDispute settles a disputed statement item: when accepted, an
+	// ADJUSTMENT entry is cleared in the next open period (a closed period is
+	// never edited, R17).
+	ResolveDispute(context.Context, *ResolveDisputeRequest) (*ResolveDisputeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -757,6 +776,9 @@ func (UnimplementedAdminServiceServer) ReplenishPrepay(context.Context, *PrepayM
 }
 func (UnimplementedAdminServiceServer) VerifyJournal(context.Context, *VerifyJournalRequest) (*VerifyJournalResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyJournal not implemented")
+}
+func (UnimplementedAdminServiceServer) ResolveDispute(context.Context, *ResolveDisputeRequest) (*ResolveDisputeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveDispute not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -923,6 +945,24 @@ func _AdminService_VerifyJournal_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ResolveDispute_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveDisputeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResolveDispute(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResolveDispute_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResolveDispute(ctx, req.(*ResolveDisputeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -961,6 +1001,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyJournal",
 			Handler:    _AdminService_VerifyJournal_Handler,
+		},
+		{
+			MethodName: "ResolveDispute",
+			Handler:    _AdminService_ResolveDispute_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
