@@ -12,6 +12,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -228,10 +229,10 @@ func (f *fed) setup(ctx context.Context, period region.Period) error {
 	}
 	personKey := filepath.Join(f.o.out, "person.key")
 	exportKey := filepath.Join(f.o.out, "export.key")
-	if err := os.WriteFile(personKey, deterministicKey(f.o.seed, "person"), 0o600); err != nil {
+	if err := os.WriteFile(personKey, []byte(hex.EncodeToString(deterministicKey(f.o.seed, "person"))+"\n"), 0o600); err != nil {
 		return err
 	}
-	if err := os.WriteFile(exportKey, deterministicKey(f.o.seed, "export"), 0o600); err != nil {
+	if err := os.WriteFile(exportKey, []byte(hex.EncodeToString(deterministicKey(f.o.seed, "export"))+"\n"), 0o600); err != nil {
 		return err
 	}
 	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
