@@ -11,31 +11,17 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
-	"gongji/internal/fleet"
-	"gongji/internal/pgboot"
-	"gongji/internal/tlsconf"
-	clearingv1 "gongji/proto/gen/gongji/clearing/v1"
-	provincev1 "gongji/proto/gen/gongji/province/v1"
+	"gongji/internal/federation"
 	"gongji/region"
 	"gongji/sim"
 )
@@ -90,25 +76,6 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-// fed is the running federation: processes and their gRPC clients.
-type fed struct {
-	o         options
-	srv       *pgboot.Server
-	certs     string
-	logs      string
-	clearing  *fleet.Proc
-	clearArgs []string
-	nodes     map[string]*fleet.Proc
-	addrs     map[string]string // province -> node address; "clearing" -> clearing
-
-	mu        sync.Mutex
-	conns     []*grpc.ClientConn
-	provs     map[string]provincev1.ProvinceServiceClient
-	stmts     map[string]clearingv1.StatementServiceClient
-	admin     clearingv1.AdminServiceClient
-	databases []string
-}
-
 func run(ctx context.Context, o options) error {
 	period, err := region.ParsePeriod(o.period)
 	if err != nil {
@@ -118,25 +85,15 @@ func run(ctx context.Context, o options) error {
 	if err := os.RemoveAll(o.out); err != nil {
 		return err
 	}
-	f := &fed{o: o, certs: filepath.Join(o.out, "certs"), logs: filepath.Join(o.out, "logs"),
-		nodes: map[string]*fleet.Proc{}, addrs: map[string]string{},
-		provs: map[string]provincev1.ProvinceServiceClient{}, stmts: map[string]clearingv1.StatementServiceClient{}}
-	for _, d := range []string{f.certs, f.logs} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	defer f.shutdown()
-
 	setupStart := time.Now()
-	logf("starting PostgreSQL")
-	f.srv, err = pgboot.Start(ctx, pgboot.Options{Logf: logf})
+	f, err := federation.Start(ctx, federation.Options{
+		Dir: o.out, Bin: o.bin, Seed: o.seed, Period: period,
+		ProposalExpiry: o.proposalExpiry, CutOffGrace: 120 * time.Hour, Logf: logf,
+	})
 	if err != nil {
 		return err
 	}
-	if err := f.setup(ctx, period); err != nil {
-		return err
-	}
+	defer f.Close()
 	setupSeconds := time.Since(setupStart).Seconds()
 
 	pop := sim.Generate(sim.Config{People: o.people, Seed: o.seed, Year: period.Year})
@@ -156,12 +113,12 @@ func run(ctx context.Context, o options) error {
 	// Export and verify with the clearing binary, as an auditor would.
 	expStart := time.Now()
 	exportDir := filepath.Join(o.out, "exports", period.String())
-	if out, err := f.clearingCmd(ctx, "export", "--period", period.String(), "--out", exportDir); err != nil {
+	if out, err := f.ClearingCmd(ctx, "export", "--period", period.String(), "--out", exportDir, "--workbook"); err != nil {
 		return fmt.Errorf("export: %w\n%s", err, out)
 	}
 	sum.Seconds["export"] = time.Since(expStart).Seconds()
 	verStart := time.Now()
-	out, err := f.clearingCmd(ctx, "verify", exportDir)
+	out, err := f.ClearingCmd(ctx, "verify", exportDir, "--journal-head", sum.JournalHead)
 	sum.Verify = "ok"
 	if err != nil {
 		sum.Verify = strings.TrimSpace(out)
@@ -186,7 +143,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("verify failed: %s", sum.Verify)
 	}
 	if o.serve {
-		return f.serve(ctx)
+		return serve(ctx, f, o)
 	}
 	return nil
 }
@@ -199,240 +156,20 @@ func progress(p sim.Progress) {
 	logf("%-24s %8d/%-8d %7.0f/s  ETA %s", p.Phase, p.Done, p.Total, p.Rate, p.ETA.Round(time.Second))
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// deterministicKey derives a demo key from the seed, so that pseudonyms (and so
-// exports) are the same in two runs with one seed. Production keys are random
-// and kept secret; these are for the simulation only.
-func deterministicKey(seed uint64, purpose string) []byte {
-	h := sha256.Sum256([]byte(fmt.Sprintf("gongji-demo-%s-%d", purpose, seed)))
-	return h[:]
-}
-
-func (f *fed) setup(ctx context.Context, period region.Period) error {
-	bin := func(n string) string { return filepath.Join(f.o.bin, n) }
-	for _, n := range []string{"clearing", "provincenode"} {
-		if _, err := os.Stat(bin(n)); err != nil {
-			return fmt.Errorf("binary %s not found (run make build or use --bin): %w", bin(n), err)
-		}
-	}
-	logf("generating mTLS certificates in %s", f.certs)
-	if out, err := exec.CommandContext(ctx, bin("clearing"), "certs", "init", "--out", f.certs).CombinedOutput(); err != nil {
-		return fmt.Errorf("certs init: %w\n%s", err, out)
-	}
-	personKey := filepath.Join(f.o.out, "person.key")
-	exportKey := filepath.Join(f.o.out, "export.key")
-	if err := os.WriteFile(personKey, []byte(hex.EncodeToString(deterministicKey(f.o.seed, "person"))+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(exportKey, []byte(hex.EncodeToString(deterministicKey(f.o.seed, "export"))+"\n"), 0o600); err != nil {
-		return err
-	}
-	run := strconv.FormatInt(time.Now().UnixNano()%1_000_000_000, 36)
-	dbName := func(n string) string { return "gongji_demo_" + run + "_" + n }
-	codes := region.ProvinceCodes()
-	logf("creating 33 databases")
-	for _, n := range append([]string{"clearing"}, codes...) {
-		if err := f.srv.CreateDatabase(ctx, dbName(n), ""); err != nil {
-			return err
-		}
-		f.databases = append(f.databases, dbName(n))
-	}
-	// Fixed ports up front so the clearing service knows every node's address.
-	var err error
-	if f.addrs["clearing"], err = freePort(); err != nil {
-		return err
-	}
-	nodes := map[string]string{}
-	for _, c := range codes {
-		if nodes[c], err = freePort(); err != nil {
-			return err
-		}
-		f.addrs[c] = nodes[c]
-	}
-	nodesFile := filepath.Join(f.o.out, "nodes.json")
-	nb, _ := json.MarshalIndent(nodes, "", "  ")
-	if err := os.WriteFile(nodesFile, nb, 0o644); err != nil {
-		return err
-	}
-	// The federation lives through month M in minutes: its clocks start just
-	// after M ends, before M's cut-off (docs/architecture.md, "Time").
-	clock := period.End().Add(time.Hour).Format(time.RFC3339)
-	f.clearArgs = []string{"serve", "--listen", f.addrs["clearing"], "--database-url", f.srv.URL(dbName("clearing")),
-		"--certs-dir", f.certs, "--nodes-file", nodesFile, "--export-key-file", exportKey,
-		"--cutoff-grace", "120h", "--log-format", "json", "--log-level", "info"}
-	logf("starting the clearing service on %s", f.addrs["clearing"])
-	f.clearing, err = fleet.Start(ctx, fleet.Spec{Name: "clearing", Binary: bin("clearing"),
-		Args: append(append([]string{}, f.clearArgs...), "--clock-start", clock), LogPath: filepath.Join(f.logs, "clearing.log")})
-	if err != nil {
-		return err
-	}
-	logf("starting 32 province nodes")
-	var wg sync.WaitGroup
-	errs := make([]error, len(codes))
-	for i, c := range codes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p, err := fleet.Start(ctx, fleet.Spec{Name: "node-" + c, Binary: bin("provincenode"), LogPath: filepath.Join(f.logs, "node-"+c+".log"),
-				Args: []string{"serve", "--province", c, "--listen", nodes[c], "--database-url", f.srv.URL(dbName(c)),
-					"--certs-dir", f.certs, "--clearing-addr", f.addrs["clearing"], "--person-key-file", personKey,
-					"--clock-start", clock, "--proposal-expiry", f.o.proposalExpiry.String(), "--sweep-interval", "1s",
-					"--log-format", "json", "--log-level", "info"}})
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			f.mu.Lock()
-			f.nodes[c] = p
-			f.mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	return f.dial()
-}
-
-func (f *fed) creds(id tlsconf.Identity, want tlsconf.Identity) (grpc.DialOption, error) {
-	files := tlsconf.FilesFor(f.certs, id)
-	r, err := tlsconf.NewReloader(tlsconf.ReloaderOptions{Files: files, Identity: id})
-	if err != nil {
-		return nil, err
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(tlsconf.ClientConfigFor(r, "localhost", want))), nil
-}
-
-func (f *fed) dial() error {
-	clearingID := tlsconf.Identity{Kind: tlsconf.Clearing}
-	op, err := f.creds(tlsconf.Identity{Kind: tlsconf.Operator}, clearingID)
-	if err != nil {
-		return err
-	}
-	cc, err := grpc.NewClient(f.addrs["clearing"], op)
-	if err != nil {
-		return err
-	}
-	f.conns = append(f.conns, cc)
-	f.admin = clearingv1.NewAdminServiceClient(cc)
-	for _, c := range region.ProvinceCodes() {
-		id := tlsconf.Identity{Kind: tlsconf.Province, Province: c}
-		// The province's own systems talk to its node with the province certificate.
-		toNode, err := f.creds(id, id)
-		if err != nil {
-			return err
-		}
-		nc, err := grpc.NewClient(f.addrs[c], toNode)
-		if err != nil {
-			return err
-		}
-		toClearing, err := f.creds(id, clearingID)
-		if err != nil {
-			return err
-		}
-		sc, err := grpc.NewClient(f.addrs["clearing"], toClearing)
-		if err != nil {
-			return err
-		}
-		f.conns = append(f.conns, nc, sc)
-		f.provs[c] = provincev1.NewProvinceServiceClient(nc)
-		f.stmts[c] = clearingv1.NewStatementServiceClient(sc)
-	}
-	return nil
-}
-
-func (f *fed) Province(code string) provincev1.ProvinceServiceClient   { return f.provs[code] }
-func (f *fed) Statement(code string) clearingv1.StatementServiceClient { return f.stmts[code] }
-func (f *fed) Admin() clearingv1.AdminServiceClient                    { return f.admin }
-
-func (f *fed) KillNode(_ context.Context, code string) error {
-	logf("SIGKILL province node %s (%s) mid-month", code, region.ProvinceName(code))
-	f.nodes[code].Kill()
-	return nil
-}
-
-func (f *fed) RestartNode(ctx context.Context, code string) error {
-	logf("restarting province node %s", code)
-	return f.nodes[code].Restart(ctx)
-}
-
-func (f *fed) RestartClearing(ctx context.Context, clockStart time.Time) error {
-	logf("restarting the clearing service with its clock at %s (past the cut-off)", clockStart.In(region.Shanghai).Format(time.RFC3339))
-	f.clearing.Stop(10 * time.Second)
-	f.clearing.Spec.Args = append(append([]string{}, f.clearArgs...), "--clock-start", clockStart.Format(time.RFC3339))
-	return f.clearing.Restart(ctx)
-}
-
-func (f *fed) clearingCmd(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{}, args...)
-	if args[0] == "export" {
-		full = append(full, "--database-url", f.clearArgs[4], "--export-key-file", filepath.Join(f.o.out, "export.key"))
-	}
-	out, err := exec.CommandContext(ctx, filepath.Join(f.o.bin, "clearing"), full...).CombinedOutput()
-	return string(out), err
-}
-
-func (f *fed) serve(ctx context.Context) error {
-	type ep struct {
-		Addr string `json:"addr"`
-		Cert string `json:"cert"`
-		Key  string `json:"key"`
-		CA   string `json:"ca"`
-	}
-	eps := map[string]ep{}
-	opFiles := tlsconf.FilesFor(f.certs, tlsconf.Identity{Kind: tlsconf.Operator})
-	eps["clearing"] = ep{Addr: f.addrs["clearing"], Cert: opFiles.CertFile, Key: opFiles.KeyFile, CA: opFiles.CAFile}
-	for _, c := range region.ProvinceCodes() {
-		fl := tlsconf.FilesFor(f.certs, tlsconf.Identity{Kind: tlsconf.Province, Province: c})
-		eps[c] = ep{Addr: f.addrs[c], Cert: fl.CertFile, Key: fl.KeyFile, CA: fl.CAFile}
-	}
+func serve(ctx context.Context, f *federation.Federation, o options) error {
+	eps := f.Endpoints()
 	b, _ := json.MarshalIndent(eps, "", "  ")
-	if err := os.WriteFile(filepath.Join(f.o.out, "endpoints.json"), b, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(o.out, "endpoints.json"), b, 0o644); err != nil {
 		return err
 	}
-	c := eps["clearing"]
-	n := eps["410000"]
-	fmt.Printf("\nThe federation keeps running until Ctrl-C. Endpoints: %s\n", filepath.Join(f.o.out, "endpoints.json"))
+	c, n := eps["clearing"], eps["410000"]
+	fmt.Printf("\nThe federation keeps running until Ctrl-C. Endpoints: %s\n", filepath.Join(o.out, "endpoints.json"))
 	fmt.Printf("  clearing service   %s\n  province nodes     32, e.g. 410000 %s\n\n", c.Addr, n.Addr)
 	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost %s list\n", c.CA, c.Cert, c.Key, c.Addr)
-	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost -d '{\"setlym\":\"%s\"}' %s gongji.clearing.v1.AdminService/GetPeriodStatus\n", c.CA, c.Cert, c.Key, f.o.period, c.Addr)
+	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost -d '{\"setlym\":\"%s\"}' %s gongji.clearing.v1.AdminService/GetPeriodStatus\n", c.CA, c.Cert, c.Key, o.period, c.Addr)
 	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost %s list gongji.province.v1.ProvinceService\n\n", n.CA, n.Cert, n.Key, n.Addr)
 	<-ctx.Done()
 	return nil
-}
-
-func (f *fed) shutdown() {
-	for _, c := range f.conns {
-		_ = c.Close()
-	}
-	var wg sync.WaitGroup
-	for _, p := range f.nodes {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.Stop(10 * time.Second) }()
-	}
-	if f.clearing != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); f.clearing.Stop(10 * time.Second) }()
-	}
-	wg.Wait()
-	if f.srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if !f.srv.Owned() {
-			for _, d := range f.databases {
-				_ = f.srv.DropDatabase(ctx, d)
-			}
-		}
-		_ = f.srv.Stop()
-	}
 }
 
 func printSummary(s *sim.Summary) {
