@@ -21,7 +21,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:      true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return config.BindEnv(cmd) },
 	}
-	root.AddCommand(serveCmd(), migrateCmd(), certsCmd())
+	root.AddCommand(serveCmd(), migrateCmd(), certsCmd(), periodCmd(), prepayCmd(), journalCmd(), exportCmd(), verifyCmd())
 	return root
 }
 
