@@ -28,6 +28,8 @@ type StatementServer struct {
 	store *clearingdb.Store
 	clock func() time.Time
 	log   *zap.Logger
+	// export streams province bundles (SetExport); nil: Unimplemented.
+	export *ExportServer
 }
 
 // NewStatementServer returns the statement service on store. clock is the
@@ -161,14 +163,18 @@ func (s *StatementServer) DisputeStatement(ctx context.Context, req *clearingv1.
 	return statementPB(v), nil
 }
 
-// GetProvinceExport is not served yet: the province-scoped export bundle is
-// produced by the export package; until this method streams it, a caller
-// gets Unimplemented (after its identity is checked) and can ask the
-// operators for the bundle made by `clearing export`.
+// SetExport attaches the export server that streams province-scoped bundles.
+// Without it GetProvinceExport answers Unimplemented.
+func (s *StatementServer) SetExport(e *ExportServer) { s.export = e }
+
+// GetProvinceExport streams the caller's own province-scoped export bundle of
+// a settled period (ExportServer.GetProvinceExport does the work).
 func (s *StatementServer) GetProvinceExport(req *clearingv1.GetProvinceExportRequest, stream grpc.ServerStreamingServer[clearingv1.ExportChunk]) error {
 	if _, _, err := callerAndPeriod(stream.Context(), req.GetSetlym()); err != nil {
 		return err
 	}
-	return status.Error(codes.Unimplemented,
-		"GetProvinceExport is not available yet: the province export bundle is not streamed by this service; ask the operators for the bundle of `clearing export`")
+	if s.export == nil {
+		return status.Error(codes.Unimplemented, "GetProvinceExport is not configured on this server")
+	}
+	return s.export.GetProvinceExport(req, stream)
 }

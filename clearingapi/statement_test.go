@@ -129,12 +129,13 @@ func TestStatementServiceOwnProvinceOnly(t *testing.T) {
 		t.Fatalf("August after the adjustment: %v, %v", aug, err)
 	}
 
-	// The export is not served yet; the identity is still checked first.
+	// Without an export server attached the method is Unimplemented; the
+	// identity is still checked first (export_test.go covers the wired path).
 	stream, err := sh.GetProvinceExport(ctx, &clearingv1.GetProvinceExportRequest{Setlym: "202607"})
 	if err == nil {
 		_, err = stream.Recv()
 	}
-	opsWant(t, "GetProvinceExport", err, codes.Unimplemented, "not available yet")
+	opsWant(t, "GetProvinceExport", err, codes.Unimplemented, "not configured")
 	opStream, err := clearingv1.NewStatementServiceClient(f.conn(t, tlsconf.Identity{Kind: tlsconf.Operator})).
 		GetProvinceExport(ctx, &clearingv1.GetProvinceExportRequest{Setlym: "202607"})
 	if err == nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
@@ -87,7 +86,7 @@ type serveConfig struct {
 	clock      clock.Clock
 	settlement settlement.Config
 	prepay     prepay.Config
-	exportKey  []byte
+	exportKey  audit.PseudonymKey
 }
 
 // checkServeFlags validates the flags, so that a bad setting stops the
@@ -124,11 +123,10 @@ func checkServeFlags(f serveFlags) (serveConfig, error) {
 		return c, fmt.Errorf("--prepay-multiple/--prepay-threshold: %w", err)
 	}
 	// Read now: a missing or short key must stop the start, not the first export.
-	if c.exportKey, err = os.ReadFile(f.exportKeyFile); err != nil {
-		return c, fmt.Errorf("--export-key-file: %w", err)
-	}
-	if len(c.exportKey) < audit.PseudonymKeyLenMin {
-		return c, fmt.Errorf("--export-key-file %s: %w (got %d)", f.exportKeyFile, audit.ErrWeakKey, len(c.exportKey))
+	// Key files hold hex (docs/cli.md), read the same way as `clearing export`
+	// so that bundles streamed over gRPC carry the same pseudonyms.
+	if c.exportKey, err = readExportKey(f.exportKeyFile); err != nil {
+		return c, err
 	}
 	return c, nil
 }
@@ -202,8 +200,22 @@ func runServe(parent context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	services := clearingapi.Services{Switch: sw, Reporting: rep}
-	// TODO(lead): register StatementService and AdminService here (clearingapi/statement.go, admin.go): set services.Statement and services.Admin from their constructors with store, cfg.clock, cfg.settlement, cfg.prepay and cfg.exportKey.
+	admin, err := clearingapi.NewAdminServer(store, cfg.prepay, cfg.clock, log.Named("admin"))
+	if err != nil {
+		return err
+	}
+	stmts, err := clearingapi.NewStatementServer(store, cfg.clock, log.Named("statements"))
+	if err != nil {
+		return err
+	}
+	exp, err := clearingapi.NewExportServer(clearingapi.ExportServerOptions{
+		Store: store, Key: cfg.exportKey, WarningThreshold: cfg.prepay.WarningThreshold, Log: log.Named("export"),
+	})
+	if err != nil {
+		return err
+	}
+	stmts.SetExport(exp)
+	services := clearingapi.Services{Switch: sw, Reporting: rep, Statement: stmts, Admin: admin}
 
 	opts := serve.GRPCOptions(log, metrics, clearingapi.CallerName,
 		append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs))))...)
