@@ -21,7 +21,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:      true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return config.BindEnv(cmd) },
 	}
-	root.AddCommand(migrateCmd())
+	root.AddCommand(serveCmd(), migrateCmd())
 	return root
 }
 
