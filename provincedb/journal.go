@@ -25,6 +25,20 @@ func book(ctx context.Context, q Querier, kind, ref string, at time.Time, ps led
 	if i, err := e.Validate(); err != nil {
 		return 0, fmt.Errorf("provincedb: refusing unbalanced %s entry %s (posting %d): %w", kind, ref, i, err)
 	}
+	net := ps.Net()
+	names := make([]string, len(net))
+	deltas := make([]string, len(net))
+	for i, p := range net {
+		names[i], deltas[i] = p.Account, p.Amount.String()
+	}
+	// Lock the balance rows first, in name order, before anything else touches
+	// them: the postings' foreign-key checks take KEY SHARE locks on the same
+	// rows, and a FOR UPDATE taken after them by two transactions deadlocks.
+	// NO KEY UPDATE is the lock the balance UPDATE needs, and it does not
+	// conflict with other transactions' foreign-key checks.
+	if _, err := q.Exec(ctx, `SELECT 1 FROM accounts WHERE name = ANY($1::text[]) ORDER BY name FOR NO KEY UPDATE`, names); err != nil {
+		return 0, err
+	}
 	var id int64
 	if err := q.QueryRow(ctx, `INSERT INTO journal_entries (kind, ref, at) VALUES ($1, $2, $3) RETURNING id`,
 		kind, ref, at).Scan(&id); err != nil {
@@ -39,15 +53,6 @@ func book(ctx context.Context, q Querier, kind, ref string, at time.Time, ps led
 		INSERT INTO journal_postings (entry_id, idx, account, amount)
 		SELECT $1, t.i - 1, t.a, t.m::numeric
 		FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(a, m, i)`, id, accts, amts); err != nil {
-		return 0, err
-	}
-	net := ps.Net()
-	names := make([]string, len(net))
-	deltas := make([]string, len(net))
-	for i, p := range net {
-		names[i], deltas[i] = p.Account, p.Amount.String()
-	}
-	if _, err := q.Exec(ctx, `SELECT 1 FROM accounts WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE`, names); err != nil {
 		return 0, err
 	}
 	rows, err := q.Query(ctx, `
@@ -86,7 +91,7 @@ func book(ctx context.Context, q Querier, kind, ref string, at time.Time, ps led
 func balance(ctx context.Context, q Querier, account string, forUpdate bool) (b money.Yuan, err error) {
 	sql := `SELECT balance FROM accounts WHERE name = $1`
 	if forUpdate {
-		sql += ` FOR UPDATE`
+		sql += ` FOR NO KEY UPDATE`
 	}
 	err = q.QueryRow(ctx, sql, account).Scan(&b)
 	if errors.Is(err, pgx.ErrNoRows) {

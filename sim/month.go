@@ -385,9 +385,18 @@ func (m *month) relationships(ctx context.Context) error {
 			atomic.AddInt64(&m.sum.Relationships.CrossProvince, 1)
 		}
 		cmd := &provincev1.RelationshipCommand{RelationshipId: rel.GetRelationshipId(), By: otherSide, CommandKey: fmt.Sprintf("A%s-%06d", m.cfg.Period, i)}
-		switch l.Fate {
-		case FateExpired:
+		if l.Fate == FateExpired {
 			return nil
+		}
+		if other.Province != proposer.Province {
+			// The other side answers once the proposal has reached its node
+			// (the authority pushes it through the relay queue), as a person
+			// answers a proposal that has appeared in their app.
+			if err := m.waitVisible(ctx, other.Province, rel.GetRelationshipId()); err != nil {
+				return fmt.Errorf("link %d: %w", i, err)
+			}
+		}
+		switch l.Fate {
 		case FateDeclined:
 			_, err = call(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
 				return m.fed.Province(other.Province).DeclineRelationship(ctx, cmd)
@@ -408,6 +417,32 @@ func (m *month) relationships(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// waitVisible polls a node until it holds relationship id (bounded: one minute).
+func (m *month) waitVisible(ctx context.Context, province, id string) error {
+	deadline := time.Now().Add(time.Minute)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := call(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
+			return m.fed.Province(province).GetRelationship(ctx, &provincev1.GetRelationshipRequest{RelationshipId: id})
+		})
+		if err == nil {
+			return nil
+		}
+		if status.Code(err) != codes.NotFound {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("relationship %s did not reach province %s within a minute", id, province)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // quotas earmarks each active link's quota at the sharer's node, one sharer at

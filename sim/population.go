@@ -179,8 +179,16 @@ func newPerson(rng *rand.Rand, year int, prov, reg string, serial map[string]int
 // MakeID builds an 18-character GB 11643 ID number: the region's first four
 // digits plus "01" as address code, birth date, a 3-digit sequence, and the
 // ISO 7064 MOD 11-2 check character.
+//
+// 新疆生产建设兵团 (660000) has pooling-region codes of its own in regions.csv,
+// but its people's ID numbers carry Xinjiang address codes (6590xx), so those
+// are used for its members.
 func MakeID(regionCode string, y, m, d, seq int) string {
-	base := fmt.Sprintf("%s01%04d%02d%02d%03d", regionCode[:4], y, m, d, seq%1000)
+	prefix := regionCode[:4]
+	if regionCode[:2] == "66" {
+		prefix = "6590"
+	}
+	base := fmt.Sprintf("%s01%04d%02d%02d%03d", prefix, y, m, d, seq%1000)
 	return base + string(checkChar(base))
 }
 
