@@ -158,6 +158,11 @@ func runExport(ctx context.Context, f exportFlags, stdout io.Writer) error {
 	case err != nil:
 		return err
 	}
+	// The bundle is staged beside DIR and renamed into place, so DIR's parent
+	// must exist (e.g. demo-out/exports/ for demo-out/exports/202610).
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(f.out)), 0o755); err != nil {
+		return fmt.Errorf("--out %s: %w", f.out, err)
+	}
 	man, err := src.WriteBundle(ctx, f.out)
 	if err != nil {
 		return err

@@ -101,7 +101,7 @@ func run(ctx context.Context, o options) error {
 	logf("population: %d people in 387 pooling regions, %d proposed relationships (%d cross-province)", people, links, cross)
 	cfg := sim.MonthConfig{
 		Period: period, Usages: o.usages, Seed: o.seed, Workers: o.workers,
-		ProposalExpiry: o.proposalExpiry, KillNode: "410000", SmallDeposit: "310000", DisputeProvince: "510000",
+		ProposalExpiry: o.proposalExpiry, KillNode: "410000", SmallDeposit: "440000", DisputeProvince: "510000",
 		CutOffGrace: 120 * time.Hour, Progress: progress,
 	}
 	sum, err := sim.RunMonth(ctx, f, pop, cfg)
