@@ -58,7 +58,9 @@ func Parse(s string) (Yuan, error) {
 	if err != nil {
 		return Yuan{}, fmt.Errorf("%w: %q", ErrSyntax, s)
 	}
-	if d.Exponent() < -2 && !d.Equal(d.Round(2)) {
+	// More than two digits after the point is refused even when they are
+	// zeros ("12.300"): the wire format is yuan with at most two decimals.
+	if i := strings.IndexByte(s, '.'); i >= 0 && len(s)-i-1 > 2 {
 		return Yuan{}, fmt.Errorf("%w: %q", ErrTooPrecise, s)
 	}
 	if d.Abs().GreaterThan(Max) {
