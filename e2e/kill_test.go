@@ -88,6 +88,15 @@ func pair(t *testing.T, f *federation.Federation, period region.Period, a, b str
 				Relation:    provincev1.RelationType_RELATION_TYPE_PARENT, ProposedBy: provincev1.Side_SIDE_SHARER, ProposalKey: fmt.Sprintf("prop-%d", i)})
 		})
 		must(err)
+		// The proposal reaches the beneficiary's node through the relay queue.
+		_, err = retry(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
+			r, err := f.Province(b).GetRelationship(ctx, &provincev1.GetRelationshipRequest{RelationshipId: rel.GetRelationshipId()})
+			if status.Code(err) == codes.NotFound {
+				return r, status.Error(codes.Unavailable, "proposal not replicated yet")
+			}
+			return r, err
+		})
+		must(err)
 		_, err = retry(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
 			return f.Province(b).ConsentRelationship(ctx, &provincev1.RelationshipCommand{RelationshipId: rel.GetRelationshipId(), By: provincev1.Side_SIDE_BENEFICIARY, CommandKey: fmt.Sprintf("consent-%d", i)})
 		})

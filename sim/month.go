@@ -141,6 +141,7 @@ type month struct {
 	refused        atomic.Int64
 	late           atomic.Int64
 	consented      atomic.Int64
+	crossRev       atomic.Int64 // reversals of cross-province usages in the month
 	disputeUsageID string
 	mu             sync.Mutex
 }
@@ -560,6 +561,9 @@ func (m *month) spend(ctx context.Context, sp Spend) error {
 			return fmt.Errorf("reverse %s: %w", sp.Key, err)
 		}
 		m.reversals.Add(1)
+		if resp.GetCrossProvince() && !sp.Late {
+			m.crossRev.Add(1)
+		}
 	}
 	return nil
 }
@@ -674,7 +678,7 @@ func (m *month) waitExpired(ctx context.Context) error {
 // drain waits until the clearing service holds every cross-province usage and
 // reversal the month produced (both sides reported), bounded.
 func (m *month) drain(ctx context.Context) error {
-	want := m.cross.Load() + m.crossReversals()
+	want := m.cross.Load() + m.crossRev.Load()
 	deadline := time.Now().Add(3 * time.Minute)
 	start := time.Now()
 	for {
@@ -698,21 +702,6 @@ func (m *month) drain(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-func (m *month) crossReversals() int64 {
-	var n int64
-	for _, li := range m.plan.Links {
-		if !m.pop.CrossProvince(m.pop.Links[li]) {
-			continue
-		}
-		for _, sp := range m.plan.ByLink[li] {
-			if sp.Reversal.IsPositive() && !sp.Late {
-				n++
-			}
-		}
-	}
-	return n
 }
 
 func (m *month) restartClearing(ctx context.Context) error {
