@@ -170,8 +170,10 @@ func RunMonth(ctx context.Context, fed Federation, pop *Population, cfg MonthCon
 		{"usage_first_half", func(ctx context.Context) error { return m.usage(ctx, 0) }},
 		{"node_kill_restart", m.killNode},
 		{"usage_second_half", func(ctx context.Context) error { return m.usage(ctx, 1) }},
-		{"dissolutions", m.dissolutions},
+		// Expiry before dissolutions: an enrollment change dissolves a person's
+		// pending proposals too (R6), which would take them from the sweeper.
 		{"expiry", m.waitExpired},
+		{"dissolutions", m.dissolutions},
 		{"reporting_drain", m.drain},
 		{"clearing_restart_past_cutoff", m.restartClearing},
 		{"late_records", m.lateRecords},
