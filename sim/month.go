@@ -744,6 +744,11 @@ func (m *month) fundPrepay(ctx context.Context) error {
 		}
 	}
 	codes := region.ProvinceCodes()
+	// One at a time, in code order: the funding entries are chained in the
+	// clearing journal, whose head must be the same in every run with one seed.
+	saved := m.cfg.Workers
+	m.cfg.Workers = 1
+	defer func() { m.cfg.Workers = saved }()
 	return m.parallel(ctx, "prepay funding", len(codes), func(ctx context.Context, i int) error {
 		code := codes[i]
 		amount := money.FromFen(2*payable[code] + 1_000_000) // two months' volume + 10,000 yuan

@@ -34,6 +34,7 @@ import (
 // serveFlags are the flags of `clearing serve` (docs/cli.md is the contract).
 type serveFlags struct {
 	listen, metricsListen, databaseURL, certsDir, nodesFile, exportKeyFile, clockStart string
+	clockFrozen                                                                        bool
 	cutoffGrace, confirmWindow, rpcTimeout                                             time.Duration
 	prepayMultiple, prepayThreshold                                                    string
 	logFormat, logLevel, readyFile                                                     string
@@ -60,6 +61,7 @@ func serveCmd() *cobra.Command {
 	fl.StringVar(&f.nodesFile, "nodes-file", "nodes.json", `JSON object of province code to node address, e.g. {"410000":"127.0.0.1:7501"}; re-read on SIGHUP`)
 	fl.StringVar(&f.exportKeyFile, "export-key-file", "", "HMAC key for the person pseudonyms in exports, at least 32 bytes (required)")
 	fl.StringVar(&f.clockStart, "clock-start", "", "RFC 3339 instant the process clock starts at, then advancing in real time (simulations; empty: real time)")
+	fl.BoolVar(&f.clockFrozen, "clock-frozen", false, "with --clock-start: the clock stays at that instant, so journal entry times and a bundle's journal_head are reproducible (simulations)")
 	fl.DurationVar(&f.cutoffGrace, "cutoff-grace", config.CutOffGrace,
 		"a period's cut-off after month end (R14); later records go to the next open period, marked late. The default\n"+
 			"gives 5 days, as the cross-province medical settlement timetable issues a month's data early in the next month")
@@ -103,7 +105,11 @@ func checkServeFlags(f serveFlags) (serveConfig, error) {
 		return c, fmt.Errorf("--rpc-timeout %s must be positive", f.rpcTimeout)
 	}
 	var err error
-	if c.clock, err = clock.New(f.clockStart); err != nil {
+	if f.clockFrozen {
+		if c.clock, err = clock.NewFrozen(f.clockStart); err != nil {
+			return c, fmt.Errorf("--clock-frozen needs --clock-start: %w", err)
+		}
+	} else if c.clock, err = clock.New(f.clockStart); err != nil {
 		return c, fmt.Errorf("--clock-start: %w", err)
 	}
 	c.settlement = settlement.Config{CutOffGrace: f.cutoffGrace, ConfirmationWindow: f.confirmWindow}

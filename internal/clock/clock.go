@@ -27,3 +27,15 @@ func New(start string) (Clock, error) {
 	origin := time.Now()
 	return func() time.Time { return t.Add(time.Since(origin)) }, nil
 }
+
+// NewFrozen returns a clock that always reads start (RFC 3339). Simulations use
+// it for the clearing service, so that every journal entry's time — and so the
+// journal's hash chain and a bundle's journal_head — is the same in two runs
+// with one seed. Deadlines and latencies never use it; they use real time.
+func NewFrozen(start string) (Clock, error) {
+	t, err := time.Parse(time.RFC3339, start)
+	if err != nil {
+		return nil, fmt.Errorf("clock start %q: want RFC 3339, e.g. 2026-11-01T01:00:00+08:00: %w", start, err)
+	}
+	return func() time.Time { return t }, nil
+}

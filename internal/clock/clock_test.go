@@ -22,3 +22,13 @@ func TestNew(t *testing.T) {
 		t.Fatal("want an error for a bad start")
 	}
 }
+
+func TestNewFrozen(t *testing.T) {
+	c, err := NewFrozen("2026-11-06T01:00:00+08:00")
+	if err != nil || !c().Equal(c()) || c().UTC().Format(time.RFC3339) != "2026-11-05T17:00:00Z" {
+		t.Fatalf("frozen clock: %v %v", c, err)
+	}
+	if _, err := NewFrozen(""); err == nil {
+		t.Fatal("want an error for an empty start")
+	}
+}

@@ -180,7 +180,9 @@ func Start(ctx context.Context, o Options) (f *Federation, err error) {
 	clock := o.Period.End().Add(time.Hour).Format(time.RFC3339)
 	f.clearArgs = []string{"serve", "--listen", f.addrs["clearing"], "--database-url", f.dbs["clearing"],
 		"--certs-dir", f.certs, "--nodes-file", nodesFile, "--export-key-file", f.exportKey,
-		"--cutoff-grace", o.CutOffGrace.String(), "--log-format", "json", "--log-level", o.LogLevel}
+		"--cutoff-grace", o.CutOffGrace.String(), "--log-format", "json", "--log-level", o.LogLevel,
+		// A frozen clearing clock makes the journal (and journal_head) reproducible.
+		"--clock-frozen"}
 	o.Logf("starting the clearing service on %s", f.addrs["clearing"])
 	f.clearing, err = fleet.Start(ctx, fleet.Spec{Name: "clearing", Binary: bin("clearing"),
 		Args: append(append([]string{}, f.clearArgs...), "--clock-start", clock), LogPath: filepath.Join(f.logs, "clearing.log")})
