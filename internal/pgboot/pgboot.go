@@ -14,6 +14,11 @@
 //     process holds: when this process ends in any way (return, panic, Ctrl-C,
 //     SIGKILL) the pipe closes and the watchdog stops the server and removes its
 //     files. No postgres process or temporary directory of ours outlives us.
+//
+// Fault tests need a server they may kill: Options.Private starts a private
+// cluster even when DATABASE_URL is set (the shared server of a `make test` run
+// must not be killed under other packages' tests), and Kill and Restart crash
+// it and bring it back on the same port and data directory.
 package pgboot
 
 import (
@@ -48,6 +53,10 @@ type Options struct {
 	MaxConnections int
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// Private starts a private cluster even when DATABASE_URL is set. Fault
+	// tests use it: they Kill and Restart their server, which must never be
+	// the one other tests share.
+	Private bool
 }
 
 // Server is a running PostgreSQL server, private or given by DATABASE_URL.
@@ -56,10 +65,18 @@ type Server struct {
 	owned    bool
 
 	dir      string
-	proc     *exec.Cmd
-	watchdog *os.File // write end of the watchdog pipe
+	bin      string              // PostgreSQL binaries
+	cred     *syscall.Credential // the account the cluster runs as (nil: ourselves)
+	args     []string            // postgres arguments without -p; Restart reuses them
+	port     int                 // fixed for the cluster's life: URLs handed out name it
+	watchdog *os.File            // write end of the watchdog pipe
 	stopOnce sync.Once
-	exited   chan struct{}
+	logf     func(string, ...any)
+
+	mu      sync.Mutex    // guards proc, exited and stopped against Kill/Restart/Stop
+	proc    *exec.Cmd     // the current postmaster
+	exited  chan struct{} // closed when proc has been waited for
+	stopped bool          // Stop ran: Restart refuses
 }
 
 // Start returns a server: DATABASE_URL when set, else a new private cluster.
@@ -70,7 +87,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.MaxConnections == 0 {
 		opts.MaxConnections = 600
 	}
-	if raw := os.Getenv(EnvURL); raw != "" {
+	if raw := os.Getenv(EnvURL); raw != "" && !opts.Private {
 		u, err := url.Parse(raw)
 		if err != nil {
 			return nil, fmt.Errorf("pgboot: %s is not a URL: %w", EnvURL, err)
@@ -143,12 +160,14 @@ func (s *Server) Stop() error {
 	}
 	var err error
 	s.stopOnce.Do(func() {
-		_ = s.proc.Process.Signal(syscall.SIGINT) // fast shutdown
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.stopped = true
+		_ = s.proc.Process.Signal(syscall.SIGINT) // fast shutdown (a no-op after Kill)
 		select {
 		case <-s.exited:
 		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-s.proc.Process.Pid, syscall.SIGKILL)
-			<-s.exited
+			crash(s.proc.Process.Pid, s.exited)
 		}
 		err = os.RemoveAll(s.dir)
 		_ = s.watchdog.Close() // the watchdog finds nothing left to do
@@ -156,15 +175,177 @@ func (s *Server) Stop() error {
 	return err
 }
 
-// Kill stops a private cluster abruptly (SIGKILL to postmaster and backends),
-// leaving its files, so fault tests can restart it with Restart.
+// Kill stops a private cluster abruptly, as a crash would: SIGKILL to the
+// postmaster and every backend at once (crash), so transactions in flight are
+// lost and clients see their connections reset. It leaves the files, so that
+// Restart can bring the cluster back (with crash recovery). Kill returns once
+// the postmaster and its children have exited (at most 15 s), so that a
+// Restart does not find the old shared memory still in use.
+// Killing a killed server does nothing. Errors: a server given by
+// DATABASE_URL, or one already stopped.
 func (s *Server) Kill() error {
 	if !s.owned {
 		return errors.New("pgboot: cannot kill a server given by DATABASE_URL")
 	}
-	_ = syscall.Kill(-s.proc.Process.Pid, syscall.SIGKILL)
-	<-s.exited
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("pgboot: kill: the server was stopped")
+	}
+	crash(s.proc.Process.Pid, s.exited)
 	return nil
+}
+
+// Running reports whether the postmaster is up (false after Kill until
+// Restart, and after Stop). A server given by DATABASE_URL counts as running.
+func (s *Server) Running() bool {
+	if !s.owned {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.exited:
+		return false
+	default:
+		return !s.stopped
+	}
+}
+
+// restartAttemptsMax bounds Restart's attempts while the port is taken by
+// another process or the old cluster's shared memory is still attached.
+const restartAttemptsMax = 20
+
+// Restart starts a killed private cluster again, on the same port, data
+// directory and settings, so every URL handed out stays valid; PostgreSQL
+// replays its WAL first (crash recovery), and Restart returns once the server
+// accepts connections. The watchdog is told the new postmaster's pid, so it
+// still stops the cluster when this process ends. Restarting a running
+// server does nothing.
+//
+// Errors: a server given by DATABASE_URL or already stopped; the port held
+// by another process or the start failing for restartAttemptsMax attempts
+// (PostgreSQL's log is quoted); ctx ending.
+func (s *Server) Restart(ctx context.Context) error {
+	if !s.owned {
+		return errors.New("pgboot: cannot restart a server given by DATABASE_URL")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("pgboot: restart: the server was stopped")
+	}
+	select {
+	case <-s.exited:
+	default:
+		return nil // still running
+	}
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		log, err := s.launch(ctx, true)
+		if err == nil {
+			s.logf("pgboot: PostgreSQL restarted on %s (attempt %d)", s.adminURL.Host, attempt)
+			return nil
+		}
+		// Another process may have bound the port while we were down, or a
+		// dying backend may still hold the old shared memory: both pass.
+		transient := strings.Contains(log, "could not bind") || strings.Contains(log, "already in use") ||
+			strings.Contains(log, "still in use")
+		if !transient || attempt >= restartAttemptsMax {
+			return fmt.Errorf("pgboot: restart on port %d: %w\n%s", s.port, err, lastLines(log, 20))
+		}
+		s.logf("pgboot: restart attempt %d on port %d failed, retrying: %s", attempt, s.port, lastLines(log, 2))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgboot: restart: %w", ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// crash SIGKILLs postmaster pm and all its children and waits (at most 15 s)
+// until they are gone; exited closes when pm has been waited for. Every
+// PostgreSQL child calls setsid(), so a signal to the postmaster's process
+// group reaches the postmaster alone: the children are found by parent pid
+// while the postmaster is stopped (SIGSTOP, so that it forks no more), and
+// each is killed with its own group. A child left alive would keep the old
+// shared memory attached and make the next start fail.
+func crash(pm int, exited <-chan struct{}) {
+	select {
+	case <-exited:
+		return // already gone: its pid may belong to another process by now
+	default:
+	}
+	_ = syscall.Kill(pm, syscall.SIGSTOP)
+	kids := childrenOf(pm)
+	for _, k := range kids {
+		_ = syscall.Kill(-k, syscall.SIGKILL)
+		_ = syscall.Kill(k, syscall.SIGKILL)
+	}
+	_ = syscall.Kill(-pm, syscall.SIGKILL)
+	_ = syscall.Kill(pm, syscall.SIGKILL)
+	<-exited
+	deadline := time.Now().Add(15 * time.Second)
+	for anyAlive(kids) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polls the kernel's process table, bounded by deadline
+	}
+}
+
+// procStat returns the state and the parent pid of process pid from
+// /proc/<pid>/stat; ok is false when it does not exist (or /proc cannot be
+// read).
+func procStat(pid int) (state string, ppid int, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return "", 0, false
+	}
+	// pid (comm) state ppid ...; comm may contain spaces and ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return "", 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return "", 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	return f[0], ppid, true
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	st, _, ok := procStat(pid)
+	return ok && st != "Z" && st != "X"
+}
+
+func anyAlive(pids []int) bool {
+	for _, p := range pids {
+		if alive(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// childrenOf lists the live processes whose parent is ppid (none where /proc
+// cannot be read: then Restart's retries cover the children's slower exit).
+func childrenOf(ppid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, pp, ok := procStat(pid); ok && pp == ppid && st != "Z" && st != "X" {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // FindBinDir locates the PostgreSQL server binaries.
@@ -303,8 +484,7 @@ func startPrivate(ctx context.Context, opts Options) (*Server, error) {
 	}
 	fail := func(err error) (*Server, error) {
 		if s.proc != nil && s.proc.Process != nil {
-			_ = syscall.Kill(-s.proc.Process.Pid, syscall.SIGKILL)
-			<-s.exited
+			crash(s.proc.Process.Pid, s.exited)
 		}
 		_ = os.RemoveAll(dir)
 		_ = s.watchdog.Close()
@@ -355,46 +535,72 @@ func startPrivate(ctx context.Context, opts Options) (*Server, error) {
 		"max_parallel_workers_per_gather=2",
 		"jit=off",
 	}
+	s.bin, s.cred, s.logf = bin, cred, opts.Logf
+	s.args = []string{"-D", data}
+	for _, kv := range settings {
+		s.args = append(s.args, "-c", kv)
+	}
 	for attempt := 0; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
+		if s.port, err = freePort(); err != nil {
 			return fail(fmt.Errorf("pgboot: free port: %w", err))
 		}
-		args := []string{"-D", data, "-p", strconv.Itoa(port)}
-		for _, kv := range settings {
-			args = append(args, "-c", kv)
-		}
-		logPath := filepath.Join(dir, "postgres.log")
-		logFile, err := os.Create(logPath)
-		if err != nil {
-			return fail(fmt.Errorf("pgboot: %w", err))
-		}
-		proc := exec.Command(filepath.Join(bin, "postgres"), args...)
-		proc.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-		proc.Stdout, proc.Stderr = logFile, logFile
-		proc.Dir = dir
-		if err := proc.Start(); err != nil {
-			logFile.Close()
-			return fail(fmt.Errorf("pgboot: start postgres: %w", err))
-		}
-		s.proc = proc
-		s.exited = make(chan struct{})
-		go func(ch chan struct{}) { _ = proc.Wait(); logFile.Close(); close(ch) }(s.exited)
-		if err := s.notifyWatchdog(); err != nil {
-			return fail(err)
-		}
-		s.adminURL = &url.URL{Scheme: "postgres", User: url.User("postgres"), Host: "127.0.0.1:" + strconv.Itoa(port), Path: "/postgres", RawQuery: "sslmode=disable"}
-		err = s.waitReady(ctx)
+		s.adminURL = &url.URL{Scheme: "postgres", User: url.User("postgres"), Host: "127.0.0.1:" + strconv.Itoa(s.port), Path: "/postgres", RawQuery: "sslmode=disable"}
+		log, err := s.launch(ctx, false)
 		if err == nil {
 			opts.Logf("pgboot: private PostgreSQL (%s) on %s, files in %s", bin, s.adminURL.Host, dir)
 			return s, nil
 		}
-		log, _ := os.ReadFile(logPath)
-		if attempt < 4 && strings.Contains(string(log), "could not bind") {
+		if attempt < 4 && strings.Contains(log, "could not bind") {
 			continue // port taken between our probe and postgres' bind: try another
 		}
-		return fail(fmt.Errorf("pgboot: postgres did not start: %w\n%s", err, lastLines(string(log), 20)))
+		return fail(fmt.Errorf("%w\n%s", err, lastLines(log, 20)))
 	}
+}
+
+// launch starts the postmaster on s.port with s.args, tells the watchdog its
+// pid and waits until it accepts connections. appendLog keeps the earlier
+// log (a restart); otherwise it starts a new one. On failure the postmaster
+// has exited and the log's text is returned for the caller to judge.
+func (s *Server) launch(ctx context.Context, appendLog bool) (log string, err error) {
+	logPath := filepath.Join(s.dir, "postgres.log")
+	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if appendLog {
+		flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	}
+	logFile, err := os.OpenFile(logPath, flags, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("pgboot: %w", err)
+	}
+	var offset int64
+	if st, err := logFile.Stat(); err == nil {
+		offset = st.Size()
+	}
+	args := append(append([]string{}, s.args...), "-p", strconv.Itoa(s.port))
+	proc := exec.Command(filepath.Join(s.bin, "postgres"), args...)
+	proc.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true}
+	proc.Stdout, proc.Stderr = logFile, logFile
+	proc.Dir = s.dir
+	if err := proc.Start(); err != nil {
+		logFile.Close()
+		return "", fmt.Errorf("pgboot: start postgres: %w", err)
+	}
+	s.proc = proc
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { _ = proc.Wait(); logFile.Close(); close(exited) }()
+	if err := s.notifyWatchdog(); err != nil {
+		crash(proc.Process.Pid, exited)
+		return "", err
+	}
+	if err := s.waitReady(ctx); err != nil {
+		crash(proc.Process.Pid, exited)
+		b, _ := os.ReadFile(logPath)
+		if int64(len(b)) >= offset {
+			b = b[offset:]
+		}
+		return string(b), fmt.Errorf("pgboot: postgres did not start: %w", err)
+	}
+	return "", nil
 }
 
 func (s *Server) waitReady(ctx context.Context) error {
