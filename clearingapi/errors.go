@@ -3,6 +3,7 @@ package clearingapi
 import (
 	"context"
 	"errors"
+	"gongji/internal/pgerr"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -114,6 +115,10 @@ func statusError(log *zap.Logger, op string, err error) error {
 	code := codeOf(err)
 	switch code {
 	case codes.Internal, codes.Unknown, codes.DataLoss:
+		if pgerr.Unavailable(err) {
+			log.Warn("database unavailable", zap.String("op", op), zap.Error(err))
+			return status.Error(codes.Unavailable, "the clearing database is unavailable: retry with the same key")
+		}
 		log.Error("internal error", zap.String("op", op), zap.Error(err))
 		return status.Error(codes.Internal, internalMessage)
 	}

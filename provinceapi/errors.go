@@ -3,6 +3,7 @@ package provinceapi
 import (
 	"context"
 	"errors"
+	"gongji/internal/pgerr"
 	"strings"
 	"unicode/utf8"
 
@@ -120,6 +121,10 @@ func statusError(log *zap.Logger, op string, err error) error {
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown && st.Code() != codes.Internal {
 		return st.Err()
+	}
+	if pgerr.Unavailable(err) {
+		log.Warn("database unavailable", zap.String("op", op), zap.Error(err))
+		return status.Error(codes.Unavailable, "the node's database is unavailable: retry with the same key")
 	}
 	log.Error("internal error", zap.String("op", op), zap.Error(err))
 	return status.Error(codes.Internal, internalMessage)
