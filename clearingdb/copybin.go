@@ -74,3 +74,49 @@ func (c *copyBuf) timestamptz(t time.Time) {
 }
 
 func (c *copyBuf) trailer() { c.b = binary.BigEndian.AppendUint16(c.b, 0xffff) }
+
+// numericFen writes fen hundredths as a NUMERIC with two decimal places
+// (binary format: ndigits, weight, sign, dscale, then base-10,000 digits,
+// most significant first, without leading or trailing zero digits).
+// |fen| < 10^18 (NUMERIC(18,2) is checked at the edge).
+func (c *copyBuf) numericFen(fen int64) {
+	const (
+		signPos = 0x0000
+		signNeg = 0x4000
+		dscale  = 2
+	)
+	sign := uint16(signPos)
+	a := uint64(fen)
+	if fen < 0 {
+		sign, a = signNeg, uint64(-fen)
+	}
+	var groups [5]uint16 // the integer part, least significant first
+	g := 0
+	for x := a / 100; x > 0; x /= 10_000 {
+		groups[g] = uint16(x % 10_000)
+		g++
+	}
+	var digits [6]uint16
+	n := 0
+	for i := g - 1; i >= 0; i-- {
+		digits[n] = groups[i]
+		n++
+	}
+	digits[n] = uint16(a%100) * 100 // the two decimals, first base-10,000 digit after the point
+	n++
+	for n > 0 && digits[n-1] == 0 {
+		n--
+	}
+	weight := int16(g - 1) // the first digit's power of 10,000
+	if n == 0 {
+		weight, sign = 0, signPos
+	}
+	c.b = binary.BigEndian.AppendUint32(c.b, uint32(8+2*n))
+	c.b = binary.BigEndian.AppendUint16(c.b, uint16(n))
+	c.b = binary.BigEndian.AppendUint16(c.b, uint16(weight))
+	c.b = binary.BigEndian.AppendUint16(c.b, sign)
+	c.b = binary.BigEndian.AppendUint16(c.b, dscale)
+	for _, d := range digits[:n] {
+		c.b = binary.BigEndian.AppendUint16(c.b, d)
+	}
+}

@@ -2,9 +2,12 @@ package clearingdb
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,9 +17,12 @@ import (
 	"gongji/settlement"
 )
 
-// The staging table is a session-local temporary table, created once per
-// connection and emptied at every commit or rollback: no WAL, no contention
-// between concurrent batches, no catalog churn.
+// The staging table holds the rare records of a batch (refused, conflicting,
+// or a second side that disagrees with the first) for the set-based
+// statements that handle them. It is a session-local temporary table,
+// created once per connection (on the first batch that needs it) and emptied
+// at every commit or rollback: no WAL, no contention between concurrent
+// batches, no catalog churn.
 const stageDDL = `CREATE TEMP TABLE IF NOT EXISTS clearing_ingest_stage (
 	seq bigint NOT NULL,
 	status text,
@@ -54,120 +60,130 @@ const stageDDL = `CREATE TEMP TABLE IF NOT EXISTS clearing_ingest_stage (
 const sqlCopyStage = `COPY clearing_ingest_stage (seq, status, rec_kind, role, usage_id, reversal_of, kind,
 	entry_type, payer_province, payer_region, payee_province, payee_region, amount_fen, occurred_at, setlym, late,
 	sharer_ref, beneficiary_ref, relationship_id, rel_version, rel_status, rel_beneficiary_province, hash, reject,
-	raw) FROM STDIN (FORMAT binary)`
+	raw, row_setlym, row_payer, row_open, agree) FROM STDIN (FORMAT binary)`
 
-const stageCopyFields = 25
+const stageCopyFields = 29
 
-// The set-based pipeline, sent in one round trip after the COPY. @province is the
-// caller's province, @now the ingest's now. Statuses of stage rows:
+// Statuses of a record in one ingest, decided in Go from what the
+// statements below return (the edge sets invalid, rel and local):
 //
 //	invalid   refused at the edge (reason in reject)
 //	rel       relationship event        local  same-province usage, counted
-//	NULL      a cross-province usage or reversal, classified by sqlUpsertKeys
-//	          and sqlClassifyRepeats:
+//	seen      its seq is in report_receipts: a duplicate, nothing else happens
 //	new       first report of its key: a new usages row
 //	merge     the other side's first report: compared, and applied while the row's period is open
 //	dupkey    this side already reported the key with the same payload
 //	conflict  this side already reported the key with another payload: REJECTED
 const (
+	statusSeen     = "seen"
+	statusNew      = "new"
+	statusMerge    = "merge"
+	statusDupKey   = "dupkey"
+	statusConflict = "conflict"
+)
+
+// The ingest transaction. Most records of a batch take the common path:
+// their receipts and new usages rows are written with COPY straight from Go,
+// the key upsert and the second side's merge are single statements over
+// arrays, and nothing is staged. Only the rare records — refused at the edge,
+// conflicting, or a second side whose report differs from the first (compared
+// field by field, applied, perhaps moving the row) — are copied into the
+// session's staging table and handled by the set-based statements on it
+// (sqlCompare … sqlRejects). @province is the caller's province, @now the
+// ingest's now.
+const (
 	// Locks every OPEN period FOR SHARE and checks the target periods (GJ001).
 	sqlLockPeriods = `SELECT clearing_lock_open_periods(@targets::integer[], @now)`
 
-	// Stream dedup: seqs this node delivered before. The probe is limited to
-	// the batch's seq range, so a batch of new, contiguous seqs (the normal
-	// case) costs one short index range scan whatever the node's history.
-	sqlDropSeenSeqs = `DELETE FROM clearing_ingest_stage s USING report_receipts r
-		WHERE r.province = @province AND r.seq BETWEEN @seqMin AND @seqMax AND r.seq = s.seq`
+	// The periods a merge may still change (locked by sqlLockPeriods).
+	sqlOpenPeriods = `SELECT setlym FROM periods WHERE state = 'OPEN'`
 
-	// Receipts of everything left, in the same transaction as its effect. A
-	// plain INSERT: it is half the cost of a speculative (ON CONFLICT) one, and
-	// a concurrent delivery of the same seq (a node with two streams) is rare:
-	// it fails here (23505) and the batch is retried, seeing the duplicate.
-	sqlReceipts = `INSERT INTO report_receipts (province, seq, received_at)
-		SELECT @province, seq, @now FROM clearing_ingest_stage ORDER BY seq`
+	// Stream dedup: the batch's seqs this node delivered before, one probe
+	// of the primary key per seq. (Written as a scalar subquery per element,
+	// which the planner cannot turn into a join or a filter over the
+	// province's whole history: a partition's or a table's statistics lag
+	// behind its growth, and with a stale estimate the plain `seq = ANY(…)`
+	// form was planned as a scan of every receipt of the province.)
+	sqlSeenSeqs = `SELECT s.seq FROM unnest(@seqs::bigint[]) AS s(seq)
+		WHERE (SELECT true FROM report_receipts r WHERE r.province = @province AND r.seq = s.seq)`
+
+	// Global key dedup and classification in one pass, over the candidates
+	// of the batch (per key, the record with the lowest seq; sorted by key in
+	// Go). The first report of a key inserts it; the other side's first
+	// report claims its half (the ON CONFLICT WHERE is evaluated on the
+	// locked, latest row version, so of two racing reports of one side only
+	// one claims). Keys are taken in key order, so two batches racing on the
+	// same keys wait for each other instead of deadlocking. RETURNING gives
+	// back exactly the keys this batch inserted or claimed: first (the other
+	// side still missing: a new usages row), else a merge, with whether both
+	// reports' content hashes agree and where the usages row lives.
+	sqlUpsertKeys = `INSERT INTO usage_keys AS k (usage_id, setlym, row_payer_province,
+			payer_from, payer_seq, payer_hash, payee_from, payee_seq, payee_hash, first_at)
+		SELECT c.id, c.setlym, c.payer,
+			CASE WHEN c.is_payer THEN @province END, CASE WHEN c.is_payer THEN c.seq END,
+			CASE WHEN c.is_payer THEN c.hash END,
+			CASE WHEN NOT c.is_payer THEN @province END, CASE WHEN NOT c.is_payer THEN c.seq END,
+			CASE WHEN NOT c.is_payer THEN c.hash END,
+			@now
+		FROM unnest(@ids::text[], @setlyms::integer[], @payers::text[], @isPayer::boolean[], @seqs::bigint[],
+			@hashes::bytea[]) WITH ORDINALITY AS c(id, setlym, payer, is_payer, seq, hash, ord)
+		ORDER BY c.ord
+		ON CONFLICT (usage_id) DO UPDATE SET
+			payer_from = coalesce(k.payer_from, excluded.payer_from),
+			payer_seq  = coalesce(k.payer_seq, excluded.payer_seq),
+			payer_hash = coalesce(k.payer_hash, excluded.payer_hash),
+			payee_from = coalesce(k.payee_from, excluded.payee_from),
+			payee_seq  = coalesce(k.payee_seq, excluded.payee_seq),
+			payee_hash = coalesce(k.payee_hash, excluded.payee_hash),
+			both_at = excluded.first_at
+		WHERE (excluded.payer_hash IS NOT NULL AND k.payer_hash IS NULL)
+		   OR (excluded.payee_hash IS NOT NULL AND k.payee_hash IS NULL)
+		RETURNING k.usage_id, k.setlym, k.row_payer_province,
+			k.payer_hash IS NULL OR k.payee_hash IS NULL, coalesce(k.payer_hash = k.payee_hash, false)`
+
+	// The stored halves of keys a record repeats (a side that had already
+	// reported the key, in an earlier batch or at a lower seq in this one).
+	sqlRepeatedKeys = `SELECT usage_id, coalesce(payer_from, ''), payer_seq, payer_hash, coalesce(payee_from, ''), payee_seq, payee_hash
+		FROM usage_keys WHERE usage_id = ANY(@ids::text[] COLLATE "C")`
+
+	// The second side of a row of an open period whose report agrees with the
+	// first (equal content hashes: every compared field is the same, so the
+	// payer's authoritative fields are already the row's and the row never
+	// moves): only the side's flag and the time change, in place (HOT). Run
+	// on the row's partition (%[1]s, see partitionSQL), one statement per
+	// (period, payer province, reporting side). Each key is looked up by the
+	// full primary key in a scalar subquery (one index probe, whatever the
+	// statistics say: with a stale estimate of a growing partition the
+	// planner otherwise scans all its rows of the province and compares each
+	// with the whole array), and the rows are then updated by ctid. Nothing
+	// else updates a usages row of an open period while this transaction
+	// holds its key (it claimed the key), so the ctids stay current; a
+	// mismatch fails the invariant check instead of merging wrongly.
+	sqlMergeAgreedPayer = `UPDATE %[1]s SET payer_reported = true, both_at = @now
+		WHERE ctid = ANY(ARRAY(SELECT (SELECT u.ctid FROM %[1]s u
+			WHERE u.setlym = @setlym AND u.payer_province = @payer AND u.usage_id = m.id)
+			FROM unnest(@ids::text[] COLLATE "C") AS m(id)))`
+	sqlMergeAgreedPayee = `UPDATE %[1]s SET payee_reported = true, both_at = @now
+		WHERE ctid = ANY(ARRAY(SELECT (SELECT u.ctid FROM %[1]s u
+			WHERE u.setlym = @setlym AND u.payer_province = @payer AND u.usage_id = m.id)
+			FROM unnest(@ids::text[] COLLATE "C") AS m(id)))`
 
 	sqlRelationshipEvents = `INSERT INTO relationship_events (sharer_province, reporter_province, seq, setlym,
 			relationship_id, version, status, beneficiary_province, changed_at, received_at)
-		SELECT payer_province, @province, seq, setlym, relationship_id, rel_version, rel_status,
-			rel_beneficiary_province, occurred_at, @now
-		FROM clearing_ingest_stage WHERE status = 'rel'`
+		SELECT e.sharer, @province, e.seq, e.setlym, e.id, e.version, e.status, e.beneficiary, e.changed_at, @now
+		FROM unnest(@sharers::text[], @seqs::bigint[], @setlyms::integer[], @ids::text[], @versions::bigint[],
+			@statuses::text[], @beneficiaries::text[], @changedAts::timestamptz[])
+			AS e(sharer, seq, setlym, id, version, status, beneficiary, changed_at)`
 
+	// Local usages counted per month, type and kind (aggregated in Go, sorted
+	// by the key so that concurrent batches lock the rows in one order).
 	sqlLocalCounts = `INSERT INTO local_usage_counts AS c (province, setlym, entry_type, kind, records, amount)
-		SELECT @province, setlym, entry_type, kind, count(*), sum(amount)
-		FROM clearing_ingest_stage WHERE status = 'local'
-		GROUP BY setlym, entry_type, kind
-		ORDER BY setlym, entry_type, kind
+		SELECT @province, l.setlym, l.entry_type, l.kind, l.records, l.amount_fen * 0.01
+		FROM unnest(@setlyms::integer[], @entryTypes::text[], @kinds::text[], @records::bigint[], @amountFens::bigint[])
+			WITH ORDINALITY AS l(setlym, entry_type, kind, records, amount_fen, ord)
+		ORDER BY l.ord
 		ON CONFLICT (province, setlym, entry_type, kind)
 		DO UPDATE SET records = c.records + excluded.records, amount = c.amount + excluded.amount`
-
-	// Global key dedup and classification in one pass. The first report of a
-	// key inserts it; the other side's first report claims its half (the
-	// ON CONFLICT WHERE is evaluated on the locked, latest row version, so of
-	// two racing reports of one side only one claims). Keys are taken in key
-	// order (the lowest seq of a key repeated in the batch), so two batches
-	// racing on the same keys wait for each other instead of deadlocking.
-	// RETURNING gives back exactly the rows this batch inserted or claimed:
-	// "new" when the other side is still missing, else "merge", with whether
-	// both reports' content hashes agree, where the usages row lives, and
-	// whether its period is still OPEN (locked FOR SHARE until commit).
-	sqlUpsertKeys = `WITH k AS (
-			INSERT INTO usage_keys AS k (usage_id, setlym, row_payer_province,
-				payer_from, payer_seq, payer_hash, payee_from, payee_seq, payee_hash, first_at)
-			SELECT DISTINCT ON (usage_id) usage_id, setlym, payer_province,
-				CASE WHEN role = 'PAYER' THEN @province END, CASE WHEN role = 'PAYER' THEN seq END,
-				CASE WHEN role = 'PAYER' THEN hash END,
-				CASE WHEN role = 'PAYEE' THEN @province END, CASE WHEN role = 'PAYEE' THEN seq END,
-				CASE WHEN role = 'PAYEE' THEN hash END,
-				@now
-			FROM clearing_ingest_stage WHERE status IS NULL
-			ORDER BY usage_id, seq
-			ON CONFLICT (usage_id) DO UPDATE SET
-				payer_from = coalesce(k.payer_from, excluded.payer_from),
-				payer_seq  = coalesce(k.payer_seq, excluded.payer_seq),
-				payer_hash = coalesce(k.payer_hash, excluded.payer_hash),
-				payee_from = coalesce(k.payee_from, excluded.payee_from),
-				payee_seq  = coalesce(k.payee_seq, excluded.payee_seq),
-				payee_hash = coalesce(k.payee_hash, excluded.payee_hash),
-				both_at = excluded.first_at
-			WHERE (excluded.payer_hash IS NOT NULL AND k.payer_hash IS NULL)
-			   OR (excluded.payee_hash IS NOT NULL AND k.payee_hash IS NULL)
-			RETURNING k.usage_id, k.setlym, k.row_payer_province, k.payer_seq, k.payee_seq,
-				k.payer_hash IS NULL OR k.payee_hash IS NULL AS first,
-				k.payer_hash = k.payee_hash AS agree
-		)
-		UPDATE clearing_ingest_stage s SET
-			status = CASE WHEN k.first THEN 'new' ELSE 'merge' END,
-			agree = k.agree,
-			row_setlym = k.setlym,
-			row_payer = k.row_payer_province,
-			row_open = p.setlym IS NOT NULL
-		FROM k
-		LEFT JOIN (SELECT setlym FROM periods WHERE state = 'OPEN' FOR SHARE) p ON p.setlym = k.setlym
-		WHERE s.status IS NULL AND s.usage_id = k.usage_id
-		  AND s.seq = CASE WHEN s.role = 'PAYER' THEN k.payer_seq ELSE k.payee_seq END`
-
-	// What is left is a report of a side that had already reported the key
-	// (in an earlier batch, or at a lower seq in this one): a duplicate when
-	// the content is the same, else a conflict, REJECTED and never applied.
-	sqlClassifyRepeats = `UPDATE clearing_ingest_stage s SET
-			status = CASE WHEN CASE WHEN s.role = 'PAYER' THEN k.payer_hash ELSE k.payee_hash END = s.hash
-			              THEN 'dupkey' ELSE 'conflict' END,
-			reject = CASE WHEN CASE WHEN s.role = 'PAYER' THEN k.payer_hash ELSE k.payee_hash END = s.hash THEN NULL
-				ELSE format('usage %s was already reported by the %s side (%s seq %s) with a different payload',
-					s.usage_id, lower(s.role),
-					CASE WHEN s.role = 'PAYER' THEN k.payer_from ELSE k.payee_from END,
-					CASE WHEN s.role = 'PAYER' THEN k.payer_seq ELSE k.payee_seq END) END
-		FROM usage_keys k
-		WHERE s.status IS NULL AND k.usage_id = s.usage_id`
-
-	sqlInsertUsages = `INSERT INTO usages (setlym, payer_province, usage_id, entry_type, kind, payer_region,
-			payee_province, payee_region, amount, occurred_at, late, reversal_of, sharer_ref, beneficiary_ref,
-			relationship_id, payer_reported, payee_reported, first_at)
-		SELECT setlym, payer_province, usage_id, entry_type, kind, payer_region,
-			payee_province, payee_region, amount, occurred_at, late, reversal_of, sharer_ref, beneficiary_ref,
-			relationship_id, role = 'PAYER', role = 'PAYEE', @now
-		FROM clearing_ingest_stage WHERE status = 'new'
-		ORDER BY setlym, payer_province, usage_id`
 
 	// Field-by-field comparison of the second side's report with the stored
 	// row (the first side's), before anything is applied: one exception per
@@ -220,7 +236,8 @@ const (
 	// authoritative (DESIGN §4), so a payer arriving second overwrites the
 	// payee's fields; a payee arriving second only marks its side. A payer
 	// with another payer_province moves the row (sqlMove*): payer_province is
-	// the distribution key and is never updated in place.
+	// the distribution key and is never updated in place. (Staged: only
+	// merges whose reports disagree; agreeing ones take sqlMergeAgreed.)
 	sqlApplyMerge = `UPDATE usages u SET
 			entry_type      = CASE WHEN s.role = 'PAYER' THEN s.entry_type ELSE u.entry_type END,
 			kind            = CASE WHEN s.role = 'PAYER' THEN s.kind ELSE u.kind END,
@@ -265,14 +282,6 @@ const (
 			beneficiary_ref, relationship_id, true, payee_reported, first_at, @now
 		FROM del`
 
-	// Planner settings for the join of two unindexed, batch-sized row sets
-	// (the key upsert's RETURNING with the staging table): a hash join, never
-	// a nested loop. Everywhere else the staged batch probes indexes of
-	// large tables, which is exactly what a nested loop does. SET LOCAL
-	// semantics: the transaction's end restores the session's value.
-	sqlNestLoopOff = `SELECT set_config('enable_nestloop', 'off', true)`
-	sqlNestLoopOn  = `SELECT set_config('enable_nestloop', 'on', true)`
-
 	sqlRejectedExceptions = `INSERT INTO recon_exceptions (setlym, payer_province, usage_id, kind, field,
 			reporter_province, reporter_seq, payee_province, provinces, detail, created_at)
 		SELECT setlym, payer_province, usage_id, 'REJECTED', '', @province, seq, payee_province,
@@ -292,12 +301,10 @@ const (
 				'RelationshipID', relationship_id) END,
 			@now
 		FROM clearing_ingest_stage WHERE status IN ('invalid', 'conflict')`
-
-	sqlOutcome = `SELECT coalesce(status, ''), count(*) FROM clearing_ingest_stage GROUP BY status`
-
-	sqlRejected = `SELECT seq, reject FROM clearing_ingest_stage
-		WHERE status IN ('invalid', 'conflict') ORDER BY seq`
 )
+
+// usagesCopyFields is the number of columns of sqlCopyUsages (encodeUsages).
+const usagesCopyFields = 18
 
 // IngestBatch stores one batch of outbox records reported by province's node
 // (the ReportUsage stream) in one transaction and says what became of each.
@@ -305,9 +312,10 @@ const (
 // Every record is validated first (codes via region, amounts via money; a
 // PAYER report's payer_province and a PAYEE report's payee_province must be
 // the caller, a LOCAL report's both); an invalid record is stored in
-// report_rejects and acknowledged, never applied. The rest is bulk-loaded
-// with COPY into a temporary staging table and applied with set-based SQL
-// in one round trip:
+// report_rejects and acknowledged, never applied. The rest is stored in a
+// few round trips (see ingestOnce): receipts and new usages rows with binary
+// COPY straight from Go, the key upsert and the merges as single statements
+// over arrays, and only the rare records staged for set-based SQL:
 //   - seqs already in report_receipts are duplicates; the others get a receipt;
 //   - each cross-province usage or reversal is assigned its period (R14, R12:
 //     the Asia/Shanghai month of occurred_at, or the earliest later OPEN
@@ -416,20 +424,102 @@ func (s *Store) assignRows(ctx context.Context, rows []stageRow, now time.Time) 
 	return targets, nil
 }
 
-// encodeStage encodes rows as a binary COPY stream for sqlCopyStage. An
-// invalid row carries only seq, status, kinds, usage id, reason and raw JSON.
-func encodeStage(rows []stageRow) []byte {
-	c := copyBuf{b: make([]byte, 0, 64+len(rows)*320)}
+// outcome is what one ingest attempt decided for a row of the batch: its
+// status and, for a merge, where its usages row lives, whether that row's
+// period is still OPEN and whether both reports agree; for a conflict, the
+// reason it is refused.
+type outcome struct {
+	status    string
+	rowSetlym int32
+	rowPayer  string
+	rowOpen   bool
+	agree     bool
+	reject    string
+}
+
+const (
+	sqlCopyReceipts = `COPY report_receipts (province, seq, received_at) FROM STDIN (FORMAT binary)`
+	// New rows go straight into their period's partition (%s).
+	sqlCopyUsages = `COPY %s (setlym, payer_province, usage_id, entry_type, kind, payer_region, payee_province,
+		payee_region, amount, occurred_at, late, reversal_of, sharer_ref, beneficiary_ref, relationship_id,
+		payer_reported, payee_reported, first_at) FROM STDIN (FORMAT binary)`
+)
+
+// partitionSQL fills the usages partition of period setlym into a statement.
+//
+// The common path writes a period's partition by name, not through the
+// usages parent: the parent's row routing and its statement triggers with
+// transition tables (usages_guard, which copy every inserted and updated row)
+// cost more than the rest of the write. The partition's own guard
+// (usages_partition_guard, BEFORE each statement, FOR SHARE on its period)
+// keeps a closed period immutable all the same, and the ingest transaction
+// has locked every OPEN period FOR SHARE and writes only into open ones. A
+// distributed engine distributes the partitions with their parent, so the
+// statement is the same there (docs/partitioning.md).
+func partitionSQL(format string, setlym int32) string {
+	return fmt.Sprintf(format, pgx.Identifier{fmt.Sprintf("usages_p%d", setlym)}.Sanitize())
+}
+
+// encodeReceipts encodes one report_receipts row per seq for sqlCopyReceipts.
+func encodeReceipts(province string, seqs []int64, now time.Time) []byte {
+	c := copyBuf{b: make([]byte, 0, 32+len(seqs)*40)}
 	c.b = append(c.b, copyBinHeader...)
-	for i := range rows {
+	for _, q := range seqs {
+		c.tuple(3)
+		c.text(province)
+		c.int8(q)
+		c.timestamptz(now)
+	}
+	c.trailer()
+	return c.b
+}
+
+// encodeUsages encodes the usages rows of the first reports at idx for
+// sqlCopyUsages (the reporting side marked, first_at = now).
+func encodeUsages(rows []stageRow, idx []int, now time.Time) []byte {
+	c := copyBuf{b: make([]byte, 0, 32+len(idx)*300)}
+	c.b = append(c.b, copyBinHeader...)
+	for _, i := range idx {
 		r := &rows[i]
-		c.tuple(stageCopyFields)
-		c.int8(r.seq)
-		if r.status != nil {
-			c.text(*r.status)
+		c.tuple(usagesCopyFields)
+		c.int4(r.setlym)
+		c.text(r.payerProvince)
+		c.text(r.usageID)
+		c.text(r.entryType)
+		c.text(r.kind)
+		c.text(r.payerRegion)
+		c.text(r.payeeProvince)
+		c.text(r.payeeRegion)
+		c.numericFen(r.amountFen)
+		c.timestamptz(r.occurredAt)
+		c.boolean(r.late)
+		if r.reversalOf != nil {
+			c.text(*r.reversalOf)
 		} else {
 			c.null()
 		}
+		c.text(r.sharerRef)
+		c.text(r.beneficiaryRef)
+		c.text(r.relationshipID)
+		c.boolean(r.role == string(RolePayer))
+		c.boolean(r.role == string(RolePayee))
+		c.timestamptz(now)
+	}
+	c.trailer()
+	return c.b
+}
+
+// encodeStage encodes the rows at idx with their outcomes as a binary COPY
+// stream for sqlCopyStage. An invalid row carries only seq, status, kinds,
+// usage id, reason and raw JSON.
+func encodeStage(rows []stageRow, out []outcome, idx []int) []byte {
+	c := copyBuf{b: make([]byte, 0, 64+len(idx)*340)}
+	c.b = append(c.b, copyBinHeader...)
+	for _, i := range idx {
+		r, o := &rows[i], &out[i]
+		c.tuple(stageCopyFields)
+		c.int8(r.seq)
+		c.text(o.status)
 		c.text(r.recKind)
 		c.text(r.role)
 		c.textOrNull(r.usageID)
@@ -444,6 +534,9 @@ func encodeStage(rows []stageRow) []byte {
 			}
 			c.text(r.reject)
 			c.text(string(r.raw))
+			for range 4 { // row_setlym, row_payer, row_open, agree
+				c.null()
+			}
 			continue
 		}
 		c.text(r.kind)
@@ -473,82 +566,419 @@ func encodeStage(rows []stageRow) []byte {
 			c.null()
 		}
 		c.bytes(r.hash)
-		c.null() // reject
+		if o.status == statusConflict {
+			c.text(o.reject)
+		} else {
+			c.null()
+		}
 		c.null() // raw
+		if o.status == statusMerge {
+			c.int4(o.rowSetlym)
+			c.text(o.rowPayer)
+			c.boolean(o.rowOpen)
+			c.boolean(o.agree)
+		} else {
+			for range 4 {
+				c.null()
+			}
+		}
 	}
 	c.trailer()
 	return c.b
 }
 
-// ingestOnce is one attempt: one transaction.
+// copyIn runs one binary COPY in tx and checks that it stored want rows.
+func copyIn(ctx context.Context, tx pgx.Tx, sql string, data []byte, want int, what string) error {
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), sql)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", what, err)
+	}
+	if tag.RowsAffected() != int64(want) {
+		return fmt.Errorf("%w: copied %d of %d %s", errInvariant, tag.RowsAffected(), want, what)
+	}
+	return nil
+}
+
+// ingestOnce is one attempt: one transaction of a few round trips —
+//
+//  1. lock the OPEN periods (checking the targets), read which periods are
+//     open and which of the batch's seqs were delivered before;
+//  2. COPY the receipts of the others;
+//  3. the key upsert of the cross-province records (one candidate per key,
+//     the lowest seq), pipelined with the relationship events and the local
+//     counts; then, only when a record repeats a key, the stored halves of
+//     those keys, to tell a duplicate from a conflict;
+//  4. COPY the new usages rows; update the rows whose second side agrees;
+//  5. only when there are rare records (refused, conflicting, disagreeing
+//     second sides): stage them and run the set-based statements on them.
 func (s *Store) ingestOnce(ctx context.Context, province string, rows []stageRow, targets []int32, now time.Time) (Ack, error) {
-	seqMin, seqMax := rows[0].seq, rows[0].seq
+	out := make([]outcome, len(rows))
+	seqs := make([]int64, len(rows))
 	for i := range rows {
-		seqMin, seqMax = min(seqMin, rows[i].seq), max(seqMax, rows[i].seq)
+		seqs[i] = rows[i].seq
 	}
 	var ack Ack
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, stageDDL); err != nil {
-			return fmt.Errorf("staging table: %w", err)
-		}
-		tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(encodeStage(rows)), sqlCopyStage)
-		if err != nil {
-			return fmt.Errorf("copy to staging table: %w", err)
-		}
-		if tag.RowsAffected() != int64(len(rows)) {
-			return fmt.Errorf("%w: copied %d of %d staged rows", errInvariant, tag.RowsAffected(), len(rows))
-		}
+		clear(out)
+		ack = Ack{}
+		args := pgx.NamedArgs{"province": province, "now": now, "targets": targets, "seqs": seqs}
 
-		// Named arguments: each statement is sent only the parameters it uses.
-		args := pgx.NamedArgs{"province": province, "now": now, "targets": targets, "seqMin": seqMin, "seqMax": seqMax}
+		// 1. Periods and seen seqs.
+		open := map[int32]bool{}
+		seen := map[int64]bool{}
 		b := &pgx.Batch{}
 		b.Queue(sqlLockPeriods, args)
-		var dupSeqs int64
-		b.Queue(sqlDropSeenSeqs, args).Exec(func(tag pgconn.CommandTag) error { dupSeqs = tag.RowsAffected(); return nil })
-		for _, q := range []string{sqlReceipts, sqlNestLoopOff, sqlUpsertKeys, sqlNestLoopOn, sqlRelationshipEvents,
-			sqlLocalCounts, sqlClassifyRepeats, sqlInsertUsages, sqlCompare, sqlApplyMerge, sqlMoveRows,
-			sqlRejectedExceptions, sqlRejects} {
-			b.Queue(q, args)
-		}
-		counts := map[string]int64{}
-		b.Queue(sqlOutcome).Query(func(rs pgx.Rows) error {
-			var st string
-			var c int64
-			_, err := pgx.ForEachRow(rs, []any{&st, &c}, func() error { counts[st] = c; return nil })
+		b.Queue(sqlOpenPeriods).Query(func(rs pgx.Rows) error {
+			var p int32
+			_, err := pgx.ForEachRow(rs, []any{&p}, func() error { open[p] = true; return nil })
 			return err
 		})
-		b.Queue(sqlRejected).Query(func(rs pgx.Rows) error {
-			var rj Rejection
-			_, err := pgx.ForEachRow(rs, []any{&rj.Seq, &rj.Reason}, func() error {
-				ack.Rejected = append(ack.Rejected, rj)
-				return nil
-			})
+		b.Queue(sqlSeenSeqs, args).Query(func(rs pgx.Rows) error {
+			var q int64
+			_, err := pgx.ForEachRow(rs, []any{&q}, func() error { seen[q] = true; return nil })
 			return err
 		})
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
-
-		// Every staged row must have been classified, and the counts must add
-		// up to what was staged; anything else is a bug and is not committed.
-		var total int64
-		for st, c := range counts {
-			switch st {
-			case "new", "merge", "rel", "local":
-				ack.Stored += c
-			case "dupkey":
-				ack.Duplicates += c
-			case statusInvalid, "conflict":
+		fresh := make([]int64, 0, len(rows))
+		for i := range rows {
+			switch r := &rows[i]; {
+			case seen[r.seq]:
+				out[i].status = statusSeen
+			case r.status != nil:
+				out[i].status = *r.status
+				fresh = append(fresh, r.seq)
 			default:
-				return fmt.Errorf("%w: %d staged rows left with status %q", errInvariant, c, st)
+				fresh = append(fresh, r.seq)
 			}
-			total += c
 		}
-		if total+dupSeqs != int64(len(rows)) || int64(len(ack.Rejected)) != counts[statusInvalid]+counts["conflict"] {
-			return fmt.Errorf("%w: staged %d, classified %d, seen before %d", errInvariant, len(rows), total, dupSeqs)
+		if len(fresh) > 0 {
+			if err := s.ingestFresh(ctx, tx, province, rows, out, open, fresh, now); err != nil {
+				return err
+			}
 		}
-		ack.Duplicates += dupSeqs
+
+		// Every row must have been classified, once; anything else is a bug
+		// and is not committed.
+		for i := range rows {
+			switch out[i].status {
+			case statusNew, statusMerge, statusRel, statusLocal:
+				ack.Stored++
+			case statusSeen, statusDupKey:
+				ack.Duplicates++
+			case statusInvalid:
+				ack.Rejected = append(ack.Rejected, Rejection{Seq: rows[i].seq, Reason: rows[i].reject})
+			case statusConflict:
+				ack.Rejected = append(ack.Rejected, Rejection{Seq: rows[i].seq, Reason: out[i].reject})
+			default:
+				return fmt.Errorf("%w: staged row seq %d left with status %q", errInvariant, rows[i].seq, out[i].status)
+			}
+		}
+		slices.SortFunc(ack.Rejected, func(a, b Rejection) int { return cmp.Compare(a.Seq, b.Seq) })
 		return nil
 	})
 	return ack, err
+}
+
+// ingestFresh stores the rows whose seqs (fresh, ascending) were not
+// delivered before: steps 2–5 of ingestOnce.
+func (s *Store) ingestFresh(ctx context.Context, tx pgx.Tx, province string, rows []stageRow, out []outcome,
+	open map[int32]bool, fresh []int64, now time.Time) error {
+	slices.Sort(fresh)
+	if err := copyIn(ctx, tx, sqlCopyReceipts, encodeReceipts(province, fresh, now), len(fresh), "receipts"); err != nil {
+		return err
+	}
+
+	// 3. Key upsert: per key, the record with the lowest seq is the
+	// candidate; every other record of a key repeats it.
+	cand := map[string]int{}
+	for i := range rows {
+		if out[i].status != "" {
+			continue
+		}
+		if j, ok := cand[rows[i].usageID]; !ok || rows[i].seq < rows[j].seq {
+			cand[rows[i].usageID] = i
+		}
+	}
+	b := &pgx.Batch{}
+	if len(cand) > 0 {
+		ids := make([]string, 0, len(cand))
+		for id := range cand {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids) // byte order: the key index's order (COLLATE "C")
+		setlyms, payers := make([]int32, len(ids)), make([]string, len(ids))
+		isPayer, seqs, hashes := make([]bool, len(ids)), make([]int64, len(ids)), make([][]byte, len(ids))
+		for n, id := range ids {
+			r := &rows[cand[id]]
+			setlyms[n], payers[n], isPayer[n], seqs[n], hashes[n] = r.setlym, r.payerProvince, r.role == string(RolePayer), r.seq, r.hash
+		}
+		b.Queue(sqlUpsertKeys, pgx.NamedArgs{"province": province, "now": now, "ids": ids, "setlyms": setlyms,
+			"payers": payers, "isPayer": isPayer, "seqs": seqs, "hashes": hashes}).Query(func(rs pgx.Rows) error {
+			var id, payer string
+			var setlym int32
+			var first, agree bool
+			_, err := pgx.ForEachRow(rs, []any{&id, &setlym, &payer, &first, &agree}, func() error {
+				i, ok := cand[id]
+				if !ok || out[i].status != "" {
+					return fmt.Errorf("%w: key upsert returned %q, not a candidate of this batch", errInvariant, id)
+				}
+				if first {
+					out[i].status = statusNew
+					return nil
+				}
+				out[i] = outcome{status: statusMerge, rowSetlym: setlym, rowPayer: payer, rowOpen: open[setlym], agree: agree}
+				return nil
+			})
+			return err
+		})
+	}
+	queueRelationshipEvents(b, province, rows, out, now)
+	queueLocalCounts(b, province, rows, out)
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+	}
+	if err := classifyRepeats(ctx, tx, rows, out); err != nil {
+		return err
+	}
+
+	// 4. New rows, and second sides that agree with the first.
+	var newRows, agreed []int
+	for i := range out {
+		switch o := &out[i]; {
+		case o.status == statusNew:
+			newRows = append(newRows, i)
+		case o.status == statusMerge && o.agree && o.rowOpen:
+			agreed = append(agreed, i)
+		}
+	}
+	if len(newRows) > 0 {
+		// In primary-key order: the index is filled sequentially per payer.
+		slices.SortFunc(newRows, func(a, b int) int {
+			x, y := &rows[a], &rows[b]
+			if c := cmp.Compare(x.setlym, y.setlym); c != 0 {
+				return c
+			}
+			if c := strings.Compare(x.payerProvince, y.payerProvince); c != 0 {
+				return c
+			}
+			return strings.Compare(x.usageID, y.usageID)
+		})
+		for from := 0; from < len(newRows); {
+			to := from + 1
+			for to < len(newRows) && rows[newRows[to]].setlym == rows[newRows[from]].setlym {
+				to++
+			}
+			part := newRows[from:to]
+			if err := copyIn(ctx, tx, partitionSQL(sqlCopyUsages, rows[part[0]].setlym), encodeUsages(rows, part, now),
+				len(part), "new usages rows"); err != nil {
+				return err
+			}
+			from = to
+		}
+	}
+	b = &pgx.Batch{}
+	slices.SortFunc(agreed, func(x, y int) int {
+		if c := cmp.Compare(out[x].rowSetlym, out[y].rowSetlym); c != 0 {
+			return c
+		}
+		if c := strings.Compare(out[x].rowPayer, out[y].rowPayer); c != 0 {
+			return c
+		}
+		if c := strings.Compare(rows[x].role, rows[y].role); c != 0 {
+			return c
+		}
+		return strings.Compare(rows[x].usageID, rows[y].usageID)
+	})
+	for from := 0; from < len(agreed); {
+		o, r := &out[agreed[from]], &rows[agreed[from]]
+		to := from + 1
+		for to < len(agreed) && out[agreed[to]].rowSetlym == o.rowSetlym && out[agreed[to]].rowPayer == o.rowPayer &&
+			rows[agreed[to]].role == r.role {
+			to++
+		}
+		ids := make([]string, to-from)
+		for n, i := range agreed[from:to] {
+			ids[n] = rows[i].usageID
+		}
+		q := sqlMergeAgreedPayee
+		if r.role == string(RolePayer) {
+			q = sqlMergeAgreedPayer
+		}
+		b.Queue(partitionSQL(q, o.rowSetlym), pgx.NamedArgs{"now": now, "setlym": o.rowSetlym, "payer": o.rowPayer,
+			"ids": ids}).Exec(func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() != int64(len(ids)) {
+				return fmt.Errorf("%w: merged %d of %d agreeing second sides", errInvariant, tag.RowsAffected(), len(ids))
+			}
+			return nil
+		})
+		from = to
+	}
+
+	// 5. The rare records, set-based on the staging table.
+	var staged []int
+	merges, rejects := false, false
+	for i := range out {
+		switch o := &out[i]; {
+		case o.status == statusInvalid, o.status == statusConflict:
+			staged = append(staged, i)
+			rejects = true
+		case o.status == statusMerge && !o.agree:
+			staged = append(staged, i)
+			merges = true
+		}
+	}
+	if len(staged) > 0 {
+		if _, err := tx.Exec(ctx, stageDDL); err != nil {
+			return fmt.Errorf("staging table: %w", err)
+		}
+		if err := copyIn(ctx, tx, sqlCopyStage, encodeStage(rows, out, staged), len(staged), "staged rows"); err != nil {
+			return err
+		}
+		args := pgx.NamedArgs{"province": province, "now": now}
+		if merges {
+			for _, q := range []string{sqlCompare, sqlApplyMerge, sqlMoveRows} {
+				b.Queue(q, args)
+			}
+		}
+		if rejects {
+			b.Queue(sqlRejectedExceptions, args)
+			b.Queue(sqlRejects, args)
+		}
+	}
+	if b.Len() > 0 {
+		return tx.SendBatch(ctx, b).Close()
+	}
+	return nil
+}
+
+// classifyRepeats decides the cross-province records the key upsert did not
+// take: the same side reporting a key it had already reported (in an earlier
+// batch, concurrently, or at a lower seq in this one). The same content is a
+// duplicate; other content a conflict, refused (never applied).
+func classifyRepeats(ctx context.Context, tx pgx.Tx, rows []stageRow, out []outcome) error {
+	var ids []string
+	for i := range out {
+		if out[i].status == "" && !slices.Contains(ids, rows[i].usageID) {
+			ids = append(ids, rows[i].usageID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	type half struct {
+		from string
+		seq  *int64
+		hash []byte
+	}
+	stored := map[string][2]half{} // [payer, payee]
+	rs, err := tx.Query(ctx, sqlRepeatedKeys, pgx.NamedArgs{"ids": ids})
+	if err != nil {
+		return err
+	}
+	var id string
+	var h [2]half
+	if _, err := pgx.ForEachRow(rs, []any{&id, &h[0].from, &h[0].seq, &h[0].hash, &h[1].from, &h[1].seq, &h[1].hash},
+		func() error { stored[id] = h; return nil }); err != nil {
+		return err
+	}
+	for i := range out {
+		if out[i].status != "" {
+			continue
+		}
+		r := &rows[i]
+		k, ok := stored[r.usageID]
+		if !ok {
+			return fmt.Errorf("%w: usage key %s repeated but not stored", errInvariant, r.usageID)
+		}
+		side := k[1]
+		if r.role == string(RolePayer) {
+			side = k[0]
+		}
+		if side.hash != nil && bytes.Equal(side.hash, r.hash) {
+			out[i].status = statusDupKey
+			continue
+		}
+		seq := ""
+		if side.seq != nil {
+			seq = strconv.FormatInt(*side.seq, 10)
+		}
+		out[i] = outcome{status: statusConflict, reject: fmt.Sprintf(
+			"usage %s was already reported by the %s side (%s seq %s) with a different payload",
+			r.usageID, strings.ToLower(r.role), side.from, seq)}
+	}
+	return nil
+}
+
+// queueRelationshipEvents queues the insert of the batch's relationship
+// events (one statement over arrays), if any.
+func queueRelationshipEvents(b *pgx.Batch, province string, rows []stageRow, out []outcome, now time.Time) {
+	var sharers, ids, statuses, beneficiaries []string
+	var seqs, versions []int64
+	var setlyms []int32
+	var changed []time.Time
+	for i := range rows {
+		if out[i].status != statusRel {
+			continue
+		}
+		r := &rows[i]
+		sharers, ids, statuses, beneficiaries = append(sharers, r.payerProvince), append(ids, r.relationshipID),
+			append(statuses, r.relStatus), append(beneficiaries, r.relBeneficiary)
+		seqs, versions, setlyms, changed = append(seqs, r.seq), append(versions, r.relVersion), append(setlyms, r.setlym),
+			append(changed, r.occurredAt)
+	}
+	if len(seqs) == 0 {
+		return
+	}
+	n := len(seqs)
+	b.Queue(sqlRelationshipEvents, pgx.NamedArgs{"province": province, "now": now, "sharers": sharers, "seqs": seqs,
+		"setlyms": setlyms, "ids": ids, "versions": versions, "statuses": statuses, "beneficiaries": beneficiaries,
+		"changedAts": changed}).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != int64(n) {
+			return fmt.Errorf("%w: stored %d of %d relationship events", errInvariant, tag.RowsAffected(), n)
+		}
+		return nil
+	})
+}
+
+// queueLocalCounts queues the upsert of the batch's local usage counts,
+// aggregated per (month, entry type, kind), if any.
+func queueLocalCounts(b *pgx.Batch, province string, rows []stageRow, out []outcome) {
+	type key struct {
+		setlym          int32
+		entryType, kind string
+	}
+	type sum struct{ records, fen int64 }
+	sums := map[key]sum{}
+	for i := range rows {
+		if out[i].status != statusLocal {
+			continue
+		}
+		r := &rows[i]
+		k := key{r.setlym, r.entryType, r.kind}
+		v := sums[k]
+		v.records++
+		v.fen += r.amountFen
+		sums[k] = v
+	}
+	if len(sums) == 0 {
+		return
+	}
+	keys := make([]key, 0, len(sums))
+	for k := range sums {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(cmp.Compare(a.setlym, b.setlym), cmp.Compare(a.entryType, b.entryType), cmp.Compare(a.kind, b.kind))
+	})
+	setlyms, entryTypes, kinds := make([]int32, len(keys)), make([]string, len(keys)), make([]string, len(keys))
+	records, fens := make([]int64, len(keys)), make([]int64, len(keys))
+	for n, k := range keys {
+		setlyms[n], entryTypes[n], kinds[n], records[n], fens[n] = k.setlym, k.entryType, k.kind, sums[k].records, sums[k].fen
+	}
+	b.Queue(sqlLocalCounts, pgx.NamedArgs{"province": province, "setlyms": setlyms, "entryTypes": entryTypes,
+		"kinds": kinds, "records": records, "amountFens": fens})
 }
