@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -32,6 +33,9 @@ import (
 	provincev1 "gongji/proto/gen/gongji/province/v1"
 	"gongji/region"
 )
+
+// startAttemptsMax bounds how often a server is started on a fresh port.
+const startAttemptsMax = 4
 
 // Options describe a federation.
 type Options struct {
@@ -183,37 +187,78 @@ func Start(ctx context.Context, o Options) (f *Federation, err error) {
 		"--cutoff-grace", o.CutOffGrace.String(), "--log-format", "json", "--log-level", o.LogLevel,
 		// A frozen clearing clock makes the journal (and journal_head) reproducible.
 		"--clock-frozen"}
-	o.Logf("starting the clearing service on %s", f.addrs["clearing"])
-	f.clearing, err = fleet.Start(ctx, fleet.Spec{Name: "clearing", Binary: bin("clearing"),
-		Args: append(append([]string{}, f.clearArgs...), "--clock-start", clock), LogPath: filepath.Join(f.logs, "clearing.log")})
-	if err != nil {
-		return f, err
+	// A port picked free can be taken by another process before the server
+	// binds it (tests of other packages run at the same time): a server that
+	// exits before it is ready is started again on a fresh port, a few times.
+	for attempt := 1; ; attempt++ {
+		o.Logf("starting the clearing service on %s", f.addrs["clearing"])
+		f.clearing, err = fleet.Start(ctx, fleet.Spec{Name: "clearing", Binary: bin("clearing"),
+			Args: append(append([]string{}, f.clearArgs...), "--clock-start", clock), LogPath: filepath.Join(f.logs, "clearing.log")})
+		if err == nil {
+			break
+		}
+		if attempt == startAttemptsMax {
+			return f, err
+		}
+		if f.addrs["clearing"], err = freePort(); err != nil {
+			return f, err
+		}
+		f.clearArgs[2] = f.addrs["clearing"]
 	}
 	o.Logf("starting %d province nodes", len(o.Provinces))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	moved := false
 	errs := make([]error, len(o.Provinces))
 	for i, c := range o.Provinces {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p, err := fleet.Start(ctx, fleet.Spec{Name: "node-" + c, Binary: bin("provincenode"), LogPath: filepath.Join(f.logs, "node-"+c+".log"),
-				Args: []string{"serve", "--province", c, "--listen", nodes[c], "--database-url", f.dbs[c],
-					"--certs-dir", f.certs, "--clearing-addr", f.addrs["clearing"], "--person-key-file", f.personKey,
-					"--clock-start", clock, "--proposal-expiry", o.ProposalExpiry.String(), "--sweep-interval", o.SweepInterval.String(),
-					"--log-format", "json", "--log-level", o.LogLevel}})
-			if err != nil {
-				errs[i] = err
-				return
-			}
 			mu.Lock()
-			f.nodes[c] = p
+			addr := nodes[c]
 			mu.Unlock()
+			for attempt := 1; ; attempt++ {
+				p, err := fleet.Start(ctx, fleet.Spec{Name: "node-" + c, Binary: bin("provincenode"), LogPath: filepath.Join(f.logs, "node-"+c+".log"),
+					Args: []string{"serve", "--province", c, "--listen", addr, "--database-url", f.dbs[c],
+						"--certs-dir", f.certs, "--clearing-addr", f.addrs["clearing"], "--person-key-file", f.personKey,
+						"--clock-start", clock, "--proposal-expiry", o.ProposalExpiry.String(), "--sweep-interval", o.SweepInterval.String(),
+						"--log-format", "json", "--log-level", o.LogLevel}})
+				if err == nil {
+					mu.Lock()
+					f.nodes[c] = p
+					nodes[c], f.addrs[c] = addr, addr
+					mu.Unlock()
+					return
+				}
+				if attempt == startAttemptsMax {
+					errs[i] = err
+					return
+				}
+				if addr, err = freePort(); err != nil {
+					errs[i] = err
+					return
+				}
+				mu.Lock()
+				moved = true
+				mu.Unlock()
+			}
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return f, err
+	}
+	if moved {
+		// A node moved to another port: tell the clearing service (it re-reads
+		// its nodes file on SIGHUP). A call routed before it has re-read gets
+		// Unavailable and is retried by the caller with the same key.
+		nb, _ := json.MarshalIndent(nodes, "", "  ")
+		if err := os.WriteFile(nodesFile, nb, 0o644); err != nil {
+			return f, err
+		}
+		if err := syscall.Kill(f.clearing.Pid(), syscall.SIGHUP); err != nil {
+			return f, fmt.Errorf("reload the clearing service's nodes file: %w", err)
+		}
 	}
 	return f, f.dial()
 }
