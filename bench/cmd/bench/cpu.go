@@ -22,7 +22,6 @@ type cpuMeter struct {
 	pool  *pgxpool.Pool
 	self0 time.Duration
 	pg0   map[int]time.Duration
-	wall0 time.Time
 }
 
 const clockTicks = 100 // USER_HZ on Linux
@@ -65,7 +64,7 @@ func pgCPU(ctx context.Context, pool *pgxpool.Pool) map[int]time.Duration {
 }
 
 func startCPU(ctx context.Context, pool *pgxpool.Pool) *cpuMeter {
-	return &cpuMeter{pool: pool, self0: selfCPU(), pg0: pgCPU(ctx, pool), wall0: time.Now()}
+	return &cpuMeter{pool: pool, self0: selfCPU(), pg0: pgCPU(ctx, pool)}
 }
 
 // stop returns the CPU seconds of this process and of the server since start.
@@ -77,7 +76,7 @@ func (m *cpuMeter) stop(ctx context.Context) (self, server float64) {
 	return self, server
 }
 
-// perUnit formats CPU seconds per unit of work in microseconds.
+// cpuNote formats CPU seconds per unit of work in microseconds.
 func cpuNote(self, server float64, units int, unit string) string {
 	return fmt.Sprintf("CPU per %s: this process %.1f µs, PostgreSQL %.1f µs", unit,
 		self/float64(units)*1e6, server/float64(units)*1e6)
