@@ -19,11 +19,28 @@ import (
 // book writes one balanced entry and updates the cached balances of its
 // accounts, locking those rows in name order. It validates the entry first
 // (a violation is a bug: nothing is written) and re-checks that no personal
-// or quota balance went negative. Needs a transaction.
+// or quota balance went negative. Needs a transaction. One round trip.
 func book(ctx context.Context, q Querier, kind, ref string, at time.Time, ps ledger.Postings) (int64, error) {
+	b := &pgx.Batch{}
+	id, err := queueBook(b, kind, ref, at, ps)
+	if err != nil {
+		return 0, err
+	}
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return 0, err
+	}
+	return *id, nil
+}
+
+// queueBook queues book's statements on b, to be sent with what else the
+// transaction writes in one round trip (the cached balance rows stay locked
+// for one round trip and the commit, not one per statement — these rows are
+// a province's hottest). The entry's id is in *id once the batch is closed
+// without error; statements queued after it can name it as entryIDSQL.
+func queueBook(b *pgx.Batch, kind, ref string, at time.Time, ps ledger.Postings) (*int64, error) {
 	e := ledger.Entry{Kind: kind, Ref: ref, At: at, Postings: ps}
 	if i, err := e.Validate(); err != nil {
-		return 0, fmt.Errorf("provincedb: refusing unbalanced %s entry %s (posting %d): %w", kind, ref, i, err)
+		return nil, fmt.Errorf("provincedb: refusing unbalanced %s entry %s (posting %d): %w", kind, ref, i, err)
 	}
 	net := ps.Net()
 	names := make([]string, len(net))
@@ -36,56 +53,52 @@ func book(ctx context.Context, q Querier, kind, ref string, at time.Time, ps led
 	// rows, and a FOR UPDATE taken after them by two transactions deadlocks.
 	// NO KEY UPDATE is the lock the balance UPDATE needs, and it does not
 	// conflict with other transactions' foreign-key checks.
-	if _, err := q.Exec(ctx, `SELECT 1 FROM accounts WHERE name = ANY($1::text[]) ORDER BY name FOR NO KEY UPDATE`, names); err != nil {
-		return 0, err
-	}
-	var id int64
-	if err := q.QueryRow(ctx, `INSERT INTO journal_entries (kind, ref, at) VALUES ($1, $2, $3) RETURNING id`,
-		kind, ref, at).Scan(&id); err != nil {
-		return 0, err
-	}
+	b.Queue(`SELECT 1 FROM accounts WHERE name = ANY($1::text[]) ORDER BY name FOR NO KEY UPDATE`, names)
 	accts := make([]string, len(ps))
 	amts := make([]string, len(ps))
 	for i, p := range ps {
 		accts[i], amts[i] = p.Account, p.Amount.String()
 	}
-	if _, err := q.Exec(ctx, `
-		INSERT INTO journal_postings (entry_id, idx, account, amount)
-		SELECT $1, t.i - 1, t.a, t.m::numeric
-		FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(a, m, i)`, id, accts, amts); err != nil {
-		return 0, err
-	}
-	rows, err := q.Query(ctx, `
+	id := new(int64)
+	b.Queue(`
+		WITH e AS (INSERT INTO journal_entries (kind, ref, at) VALUES ($1, $2, $3) RETURNING id),
+		p AS (
+			INSERT INTO journal_postings (entry_id, idx, account, amount)
+			SELECT e.id, t.i - 1, t.a, t.m::numeric
+			FROM e, unnest($4::text[], $5::text[]) WITH ORDINALITY AS t(a, m, i))
+		SELECT id FROM e`, kind, ref, at, accts, amts).QueryRow(func(row pgx.Row) error { return row.Scan(id) })
+	b.Queue(`
 		UPDATE accounts a SET balance = a.balance + d.delta::numeric
 		FROM unnest($1::text[], $2::text[]) AS d(name, delta)
 		WHERE a.name = d.name
-		RETURNING a.name, a.balance < 0`, names, deltas)
-	if err != nil {
-		return 0, err
-	}
-	updated := 0
-	for rows.Next() {
-		var name string
-		var negative bool
-		if err := rows.Scan(&name, &negative); err != nil {
-			rows.Close()
-			return 0, err
+		RETURNING a.name, a.balance < 0`, names, deltas).Query(func(rows pgx.Rows) error {
+		updated := 0
+		for rows.Next() {
+			var name string
+			var negative bool
+			if err := rows.Scan(&name, &negative); err != nil {
+				return err
+			}
+			updated++
+			if negative && (strings.HasPrefix(name, "person:") || strings.HasPrefix(name, "quota:")) {
+				return fmt.Errorf("provincedb: entry %s would make %s negative: %w", ref, name, sharing.ErrInsufficientBalance)
+			}
 		}
-		updated++
-		if negative && (strings.HasPrefix(name, "person:") || strings.HasPrefix(name, "quota:")) {
-			rows.Close()
-			return 0, fmt.Errorf("provincedb: entry %s would make %s negative: %w", ref, name, sharing.ErrInsufficientBalance)
+		if err := rows.Err(); err != nil {
+			return err
 		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, err
-	}
-	if updated != len(net) {
-		return 0, fmt.Errorf("provincedb: entry %s names %d accounts, %d exist", ref, len(net), updated)
-	}
+		if updated != len(net) {
+			return fmt.Errorf("provincedb: entry %s names %d accounts, %d exist", ref, len(net), updated)
+		}
+		return nil
+	})
 	return id, nil
 }
+
+// entryIDSQL names, in a statement queued after queueBook in the same batch,
+// the id of the entry it inserted (the session's last value of the journal's
+// sequence).
+const entryIDSQL = `currval('journal_entries_id_seq')`
 
 // balance reads an account's cached balance, locking the row when forUpdate.
 func balance(ctx context.Context, q Querier, account string, forUpdate bool) (b money.Yuan, err error) {
@@ -102,14 +115,23 @@ func balance(ctx context.Context, q Querier, account string, forUpdate bool) (b 
 
 // outbox writes one outbox row (same transaction as the change it reports).
 func outbox(ctx context.Context, q Querier, kind sharing.OutboxKind, role sharing.Role, cross bool, key string, payload any, now time.Time) error {
-	b, err := json.Marshal(payload)
+	b := &pgx.Batch{}
+	if err := queueOutbox(b, kind, role, cross, key, payload, now); err != nil {
+		return err
+	}
+	return q.SendBatch(ctx, b).Close()
+}
+
+// queueOutbox queues outbox's row on b.
+func queueOutbox(b *pgx.Batch, kind sharing.OutboxKind, role sharing.Role, cross bool, key string, payload any, now time.Time) error {
+	j, err := json.Marshal(payload)
 	if err != nil {
 		return fmt.Errorf("provincedb: encode outbox %s %s: %w", kind, key, err)
 	}
-	_, err = q.Exec(ctx, `
+	b.Queue(`
 		INSERT INTO outbox (kind, role, cross_province, record_key, payload, created_at)
-		VALUES ($1, $2, $3, $4, $5::jsonb, $6)`, string(kind), string(role), cross, key, string(b), now)
-	return err
+		VALUES ($1, $2, $3, $4, $5::jsonb, $6)`, string(kind), string(role), cross, key, string(j), now)
+	return nil
 }
 
 // relay queues a durable message for another province, once per

@@ -14,6 +14,10 @@ import (
 
 const personCols = `person_ref, masked_id, province_code, region_code, scheme, mode, status, insured, version, created_at, updated_at`
 
+// personColsP is personCols qualified for a join on alias p.
+const personColsP = `p.person_ref, p.masked_id, p.province_code, p.region_code, p.scheme, p.mode, p.status, p.insured,
+	p.version, p.created_at, p.updated_at`
+
 func scanPerson(row pgx.Row) (sharing.Person, error) {
 	var p sharing.Person
 	var scheme, mode, status string

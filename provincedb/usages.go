@@ -57,27 +57,52 @@ func lookupUsage(ctx context.Context, q Querier, key string, hash []byte) (shari
 	if err != nil {
 		return sharing.UsageResult{}, false, err
 	}
+	res, err := replayUsage(r, key, hash)
+	return res, err == nil, err
+}
+
+// replayUsage is the stored answer r given again: ErrKeyReused when the
+// request's hash differs from the stored one.
+func replayUsage(r usageRow, key string, hash []byte) (sharing.UsageResult, error) {
 	if !bytes.Equal(r.hash, hash) {
-		return sharing.UsageResult{}, false, fmt.Errorf("usage %s: %w", key, sharing.ErrKeyReused)
+		return sharing.UsageResult{}, fmt.Errorf("usage %s: %w", key, sharing.ErrKeyReused)
 	}
 	// The answer as first given: nothing was reversed yet.
 	r.Usage.Reversed = money.Zero
 	r.Replayed = true
-	return r.UsageResult, true, nil
+	return r.UsageResult, nil
 }
 
 // insertUsage stores an answer. A concurrent transaction that stored the same
 // key first makes this one retry (and the retry replays).
-func insertUsage(ctx context.Context, q Querier, res sharing.UsageResult, hash []byte, entryID *int64) error {
+func insertUsage(ctx context.Context, q Querier, res sharing.UsageResult, hash []byte) error {
+	b := &pgx.Batch{}
+	queueInsertUsage(b, res, hash, false)
+	return usageConflict(q.SendBatch(ctx, b).Close())
+}
+
+// queueInsertUsage queues insertUsage's row on b; withEntry: its entry is the
+// one queueBook queued before it in the same batch. Map the batch's error with
+// usageConflict.
+func queueInsertUsage(b *pgx.Batch, res sharing.UsageResult, hash []byte, withEntry bool) {
 	u := res.Usage
-	_, err := q.Exec(ctx, `
+	entry := "NULL"
+	if withEntry {
+		entry = entryIDSQL
+	}
+	b.Queue(`
 		INSERT INTO usages (usage_key, request_hash, role, approved, refusal, relationship_id, kind, amount,
 			payer_province, payer_region, payee_province, payee_region, sharer_ref, beneficiary_ref, cross_province,
-			occurred_at, recorded_at, entry_id, quota_remaining)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+			occurred_at, recorded_at, quota_remaining, entry_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, `+entry+`)`,
 		u.Key, hash, string(u.Role), res.Approved, nullString(string(res.Refusal)), u.RelationshipID, string(u.Kind),
 		u.Amount, u.PayerProvince, u.PayerRegion, u.PayeeProvince, u.PayeeRegion, u.SharerRef, u.BeneficiaryRef,
-		u.CrossProvince, u.OccurredAt, u.RecordedAt, entryID, res.Remaining)
+		u.CrossProvince, u.OccurredAt, u.RecordedAt, res.Remaining)
+}
+
+// usageConflict turns the unique violation of a concurrent transaction that
+// stored the same usage key first into errRetry (the retry replays).
+func usageConflict(err error) error {
 	if code, constraint := pgCode(err); code == codeUniqueViolation && constraint == "usages_pkey" {
 		return errRetry
 	}
@@ -94,14 +119,46 @@ func (s *Store) Authorize(ctx context.Context, req sharing.UsageRequest, role sh
 	}
 	err := s.inTx(ctx, "authorize", func(tx pgx.Tx) error {
 		hash := req.Hash()
-		res, found, err := lookupUsage(ctx, tx, req.Key, hash)
-		if err != nil || found {
-			out = res
+		// One round trip for what the decision needs: a stored answer under
+		// the key, the relationship locked (R9) and its sharer.
+		var (
+			stored    usageRow
+			storedErr error
+			r         relRow
+			relErr    error
+			sharer    sharing.Person
+			sharerErr error
+		)
+		b := &pgx.Batch{}
+		b.Queue(`SELECT `+usageCols+` FROM usages WHERE usage_key = $1`, req.Key).QueryRow(func(row pgx.Row) error {
+			stored, storedErr = scanUsage(row)
+			return nil
+		})
+		b.Queue(`SELECT `+relCols+` FROM relationships WHERE id = $1 FOR UPDATE`, req.RelationshipID).QueryRow(func(row pgx.Row) error {
+			r, relErr = scanRel(row)
+			return nil
+		})
+		b.Queue(`SELECT `+personColsP+` FROM relationships r JOIN persons p ON p.person_ref = r.sharer_ref WHERE r.id = $1`,
+			req.RelationshipID).QueryRow(func(row pgx.Row) error {
+			sharer, sharerErr = scanPerson(row)
+			return nil
+		})
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
-		r, err := getRel(ctx, tx, req.RelationshipID, true)
-		if err != nil {
+		switch {
+		case storedErr == nil:
+			res, err := replayUsage(stored, req.Key, hash)
+			out = res
 			return err
+		case !errors.Is(storedErr, pgx.ErrNoRows):
+			return storedErr
+		case errors.Is(relErr, pgx.ErrNoRows):
+			return fmt.Errorf("relationship %s: %w", req.RelationshipID, sharing.ErrNotFound)
+		case relErr != nil:
+			return relErr
+		case sharerErr != nil:
+			return fmt.Errorf("sharer of relationship %s: %w", req.RelationshipID, sharerErr)
 		}
 		if !r.authority {
 			return fmt.Errorf("%w: relationship %s is a replica here", sharing.ErrWrongProvince, r.ID)
@@ -111,10 +168,6 @@ func (s *Store) Authorize(ctx context.Context, req sharing.UsageRequest, role sh
 		if refusal == sharing.RefusalNone {
 			// Defence in depth: an ACTIVE relationship implies an able sharer
 			// (R6 dissolves it otherwise), but the money is checked at the source.
-			sharer, err := getPerson(ctx, tx, r.SharerRef, "")
-			if err != nil {
-				return err
-			}
 			switch err := sharer.CanShare(); {
 			case errors.Is(err, sharing.ErrNoPersonalAccount):
 				refusal = sharing.RefusalNoPersonalAccount
@@ -124,22 +177,23 @@ func (s *Store) Authorize(ctx context.Context, req sharing.UsageRequest, role sh
 		}
 		if refusal != sharing.RefusalNone {
 			out = sharing.UsageResult{Approved: false, Refusal: refusal, Usage: u, Remaining: r.Remaining()}
-			return insertUsage(ctx, tx, out, hash, nil)
+			return insertUsage(ctx, tx, out, hash)
 		}
+		// One round trip for every write: the entry, the quota's use, the
+		// answer and the outbox row.
 		kind, ps := sharing.UsagePostings(u)
-		entryID, err := book(ctx, tx, kind, u.Key, now, ps)
-		if err != nil {
+		w := &pgx.Batch{}
+		if _, err := queueBook(w, kind, u.Key, now, ps); err != nil {
 			return err
 		}
 		after := r.WithUsage(u.Amount)
-		if _, err := tx.Exec(ctx, `UPDATE relationships SET used = $2 WHERE id = $1`, r.ID, after.Used); err != nil {
-			return err
-		}
+		w.Queue(`UPDATE relationships SET used = $2 WHERE id = $1`, r.ID, after.Used)
 		out = sharing.UsageResult{Approved: true, Usage: u, Remaining: after.Remaining()}
-		if err := insertUsage(ctx, tx, out, hash, &entryID); err != nil {
+		queueInsertUsage(w, out, hash, true)
+		if err := queueOutbox(w, sharing.OutboxUsage, u.Role, u.CrossProvince, u.Key, u, now); err != nil {
 			return err
 		}
-		return outbox(ctx, tx, sharing.OutboxUsage, u.Role, u.CrossProvince, u.Key, u, now)
+		return usageConflict(tx.SendBatch(ctx, w).Close())
 	})
 	return out, err
 }
@@ -162,15 +216,16 @@ func (s *Store) RecordPayeeUsage(ctx context.Context, in sharing.UsageResult) (s
 			return nil
 		}
 		kind, ps := sharing.UsagePostings(u)
-		entryID, err := book(ctx, tx, kind, u.Key, u.RecordedAt, ps)
-		if err != nil {
+		w := &pgx.Batch{}
+		if _, err := queueBook(w, kind, u.Key, u.RecordedAt, ps); err != nil {
 			return err
 		}
 		out = sharing.UsageResult{Approved: true, Usage: u, Remaining: in.Remaining}
-		if err := insertUsage(ctx, tx, out, hash, &entryID); err != nil {
+		queueInsertUsage(w, out, hash, true)
+		if err := queueOutbox(w, sharing.OutboxUsage, sharing.RolePayee, u.CrossProvince, u.Key, u, u.RecordedAt); err != nil {
 			return err
 		}
-		return outbox(ctx, tx, sharing.OutboxUsage, sharing.RolePayee, u.CrossProvince, u.Key, u, u.RecordedAt)
+		return usageConflict(tx.SendBatch(ctx, w).Close())
 	})
 	return out, err
 }
@@ -252,42 +307,46 @@ func (s *Store) Reverse(ctx context.Context, req sharing.ReversalRequest, now ti
 		}
 		after, toQuota := r.WithReversal(req.Amount)
 		kind, ps := sharing.ReversalPostings(u, req.Amount, toQuota)
-		entryID, err := book(ctx, tx, kind, req.Key, now, ps)
-		if err != nil {
+		w := &pgx.Batch{}
+		if _, err := queueBook(w, kind, req.Key, now, ps); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE relationships SET used = $2, returned = $3 WHERE id = $1`,
-			r.ID, after.Used, after.Returned); err != nil {
-			return err
-		}
+		w.Queue(`UPDATE relationships SET used = $2, returned = $3 WHERE id = $1`, r.ID, after.Used, after.Returned)
 		out = sharing.ReversalResult{
 			Reversal:      sharing.NewReversal(req, u, u.Role, now),
 			ReversedTotal: u.Reversed.Add(req.Amount),
 			Remaining:     after.Remaining(),
 		}
-		return insertReversal(ctx, tx, out, hash, entryID)
+		if err := queueInsertReversal(w, out, hash); err != nil {
+			return err
+		}
+		return reversalConflict(tx.SendBatch(ctx, w).Close())
 	})
 	return out, err
 }
 
-func insertReversal(ctx context.Context, q Querier, res sharing.ReversalResult, hash []byte, entryID int64) error {
+// queueInsertReversal queues the reversal's row, the usage's reversed total
+// and the outbox row on b, after the entry queueBook queued. Map the batch's
+// error with reversalConflict.
+func queueInsertReversal(b *pgx.Batch, res sharing.ReversalResult, hash []byte) error {
 	rev := res.Reversal
-	if _, err := q.Exec(ctx, `UPDATE usages SET reversed = reversed + $2 WHERE usage_key = $1`, rev.UsageKey, rev.Amount); err != nil {
-		return err
-	}
-	_, err := q.Exec(ctx, `
+	b.Queue(`UPDATE usages SET reversed = reversed + $2 WHERE usage_key = $1`, rev.UsageKey, rev.Amount)
+	b.Queue(`
 		INSERT INTO reversals (reversal_key, request_hash, usage_key, role, amount, reversed_total, quota_remaining,
 			occurred_at, recorded_at, entry_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, `+entryIDSQL+`)`,
 		rev.Key, hash, rev.UsageKey, string(rev.Role), rev.Amount, res.ReversedTotal, res.Remaining,
-		rev.OccurredAt, rev.RecordedAt, entryID)
+		rev.OccurredAt, rev.RecordedAt)
+	return queueOutbox(b, sharing.OutboxReversal, rev.Role, rev.CrossProvince, rev.Key, rev, rev.RecordedAt)
+}
+
+// reversalConflict turns the unique violation of a concurrent transaction
+// that stored the same reversal key first into errRetry (the retry replays).
+func reversalConflict(err error) error {
 	if code, constraint := pgCode(err); code == codeUniqueViolation && constraint == "reversals_pkey" {
 		return errRetry
 	}
-	if err != nil {
-		return err
-	}
-	return outbox(ctx, q, sharing.OutboxReversal, rev.Role, rev.CrossProvince, rev.Key, rev, rev.RecordedAt)
+	return err
 }
 
 // RecordPayeeReversal implements sharing.Store. One transaction.
@@ -314,8 +373,8 @@ func (s *Store) RecordPayeeReversal(ctx context.Context, in sharing.ReversalResu
 			return err
 		}
 		kind, ps := sharing.ReversalPostings(u, r.Amount, true)
-		entryID, err := book(ctx, tx, kind, r.Key, r.RecordedAt, ps)
-		if err != nil {
+		w := &pgx.Batch{}
+		if _, err := queueBook(w, kind, r.Key, r.RecordedAt, ps); err != nil {
 			return err
 		}
 		out = sharing.ReversalResult{
@@ -323,7 +382,10 @@ func (s *Store) RecordPayeeReversal(ctx context.Context, in sharing.ReversalResu
 			ReversedTotal: u.Reversed.Add(r.Amount),
 			Remaining:     in.Remaining,
 		}
-		return insertReversal(ctx, tx, out, hash, entryID)
+		if err := queueInsertReversal(w, out, hash); err != nil {
+			return err
+		}
+		return reversalConflict(tx.SendBatch(ctx, w).Close())
 	})
 	return out, err
 }
