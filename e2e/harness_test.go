@@ -23,6 +23,7 @@ import (
 	"gongji/internal/pgtest"
 	"gongji/provincedb"
 	"gongji/region"
+	"gongji/sim"
 )
 
 // long enables the nightly variants (more kill iterations, bigger months).
@@ -57,6 +58,13 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
+// monthExpiry is the proposal expiry of the small population TestMonth uses
+// (sim.Generate with People: 1 gives the 4-per-region minimum).
+var monthExpiry = func() time.Duration {
+	_, links, _ := sim.Generate(sim.Config{People: 1, Seed: 1, Year: 2026}).Counts()
+	return sim.ProposalExpiry(links)
+}()
+
 // startFederation runs a federation of the given provinces (all 32 when nil)
 // on the shared test server; it is stopped in t.Cleanup.
 func startFederation(t *testing.T, period region.Period, seed uint64, provinces []string) *federation.Federation {
@@ -66,7 +74,7 @@ func startFederation(t *testing.T, period region.Period, seed uint64, provinces 
 	defer cancel()
 	f, err := federation.Start(ctx, federation.Options{
 		Dir: dir, Bin: binaries(t), Seed: seed, Period: period, Provinces: provinces,
-		ProposalExpiry: 5 * time.Second, SweepInterval: 500 * time.Millisecond,
+		ProposalExpiry: monthExpiry, SweepInterval: 500 * time.Millisecond,
 		Server: pgtest.Server(t), Logf: t.Logf,
 	})
 	if err != nil {

@@ -30,7 +30,7 @@ func TestMonth(t *testing.T) {
 	defer cancel()
 	sum, err := sim.RunMonth(ctx, f, pop, sim.MonthConfig{
 		Period: period, Usages: usages, Seed: seed, Workers: 16,
-		ProposalExpiry: 5 * time.Second, KillNode: "410000", SmallDeposit: "440000", DisputeProvince: "510000",
+		ProposalExpiry: monthExpiry, KillNode: "410000", SmallDeposit: "440000", DisputeProvince: "510000",
 		CutOffGrace: 120 * time.Hour,
 	})
 	if err != nil {

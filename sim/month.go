@@ -34,6 +34,16 @@ type Federation interface {
 	RestartClearing(ctx context.Context, clockStart time.Time) error
 }
 
+// ProposalExpiry is the nodes' proposal expiry a month of this many proposed
+// relationships needs. RunMonth answers every proposal about one propose-round
+// after it was made (the answers go in the same order as the proposals), so
+// the expiry must outlast that round, with room to spare at the slowest rate
+// seen on a loaded 2-core machine (~100 proposals/s), while the few proposals
+// never answered still expire during the month.
+func ProposalExpiry(links int) time.Duration {
+	return 15*time.Second + time.Duration(links)*10*time.Millisecond
+}
+
 // MonthConfig drives one simulated month.
 type MonthConfig struct {
 	Period  region.Period
@@ -239,9 +249,23 @@ func call[T any](ctx context.Context, f func(ctx context.Context) (T, error)) (T
 // parallel runs fn(i) for i in [0,n) on the configured number of workers and
 // reports progress; the first error stops the phase.
 func (m *month) parallel(ctx context.Context, phase string, n int, fn func(ctx context.Context, i int) error) error {
+	var done atomic.Int64
+	return m.parallelCounted(ctx, phase, n, int64(n), &done, func(ctx context.Context, i int) error {
+		if err := fn(ctx, i); err != nil {
+			return err
+		}
+		done.Add(1)
+		return nil
+	})
+}
+
+// parallelCounted is parallel with progress in units of fn's own: fn adds
+// to done as it goes, up to total.
+func (m *month) parallelCounted(ctx context.Context, phase string, n int, total int64, done *atomic.Int64,
+	fn func(ctx context.Context, i int) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var next, done atomic.Int64
+	var next atomic.Int64
 	var firstErr error
 	var once sync.Once
 	start := time.Now()
@@ -254,7 +278,7 @@ func (m *month) parallel(ctx context.Context, phase string, n int, fn func(ctx c
 			case <-stop:
 				return
 			case <-t.C:
-				m.report(phase, done.Load(), int64(n), start, false)
+				m.report(phase, done.Load(), total, start, false)
 			}
 		}
 	}()
@@ -272,13 +296,12 @@ func (m *month) parallel(ctx context.Context, phase string, n int, fn func(ctx c
 					once.Do(func() { firstErr = err; cancel() })
 					return
 				}
-				done.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	close(stop)
-	m.report(phase, done.Load(), int64(n), start, true)
+	m.report(phase, done.Load(), total, start, true)
 	return firstErr
 }
 
@@ -363,15 +386,18 @@ func party(p Person) *provincev1.PartyRef {
 
 // relationships proposes every link at the proposing side's node, then the
 // other side consents or declines at its own node; expired ones are left alone.
+// relationships proposes every link, then answers the proposals. The two
+// rounds are separate, as people answer a proposal some time after it appears
+// in their app: by the time a cross-province answer is sent, the authority's
+// relay has long delivered the proposal to the other node, so the round runs
+// at the nodes' throughput instead of waiting out each relay hop in turn.
 func (m *month) relationships(ctx context.Context) error {
-	return m.parallel(ctx, "relationships", len(m.pop.Links), func(ctx context.Context, i int) error {
+	err := m.parallel(ctx, "propose relationships", len(m.pop.Links), func(ctx context.Context, i int) error {
 		l := m.pop.Links[i]
 		s, b := m.pop.People[l.Sharer], m.pop.People[l.Beneficiary]
-		proposer, other := s, b
-		by, otherSide := provincev1.Side_SIDE_SHARER, provincev1.Side_SIDE_BENEFICIARY
+		proposer, by := s, provincev1.Side_SIDE_SHARER
 		if l.ProposedBy == "BENEFICIARY" {
-			proposer, other = b, s
-			by, otherSide = provincev1.Side_SIDE_BENEFICIARY, provincev1.Side_SIDE_SHARER
+			proposer, by = b, provincev1.Side_SIDE_BENEFICIARY
 		}
 		rel, err := call(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
 			return m.fed.Province(proposer.Province).ProposeRelationship(ctx, &provincev1.ProposeRelationshipRequest{
@@ -387,18 +413,32 @@ func (m *month) relationships(ctx context.Context) error {
 		if m.pop.CrossProvince(l) {
 			atomic.AddInt64(&m.sum.Relationships.CrossProvince, 1)
 		}
-		cmd := &provincev1.RelationshipCommand{RelationshipId: rel.GetRelationshipId(), By: otherSide, CommandKey: fmt.Sprintf("A%s-%06d", m.cfg.Period, i)}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.parallel(ctx, "answer proposals", len(m.pop.Links), func(ctx context.Context, i int) error {
+		l := m.pop.Links[i]
 		if l.Fate == FateExpired {
-			return nil
+			return nil // never answered: the sweeper expires it
 		}
+		s, b := m.pop.People[l.Sharer], m.pop.People[l.Beneficiary]
+		proposer, other, otherSide := s, b, provincev1.Side_SIDE_BENEFICIARY
+		if l.ProposedBy == "BENEFICIARY" {
+			proposer, other, otherSide = b, s, provincev1.Side_SIDE_SHARER
+		}
+		id := m.rels[i]
+		cmd := &provincev1.RelationshipCommand{RelationshipId: id, By: otherSide, CommandKey: fmt.Sprintf("A%s-%06d", m.cfg.Period, i)}
 		if other.Province != proposer.Province {
 			// The other side answers once the proposal has reached its node
 			// (the authority pushes it through the relay queue), as a person
 			// answers a proposal that has appeared in their app.
-			if err := m.waitVisible(ctx, other.Province, rel.GetRelationshipId()); err != nil {
+			if err := m.waitVisible(ctx, other.Province, id); err != nil {
 				return fmt.Errorf("link %d: %w", i, err)
 			}
 		}
+		var err error
 		switch l.Fate {
 		case FateDeclined:
 			_, err = call(ctx, func(ctx context.Context) (*provincev1.Relationship, error) {
@@ -489,25 +529,35 @@ var kinds = map[string]provincev1.UsageKind{
 }
 
 // usage runs one half of the planned links (half 0: even positions, 1: odd),
-// every link's spends in order at the beneficiary's node.
+// every link's spends in order at the beneficiary's node. Progress counts
+// spends (retries and reversals ride along with theirs).
 func (m *month) usage(ctx context.Context, half int) error {
 	var links []int
+	var total int64
 	for i, li := range m.plan.Links {
 		if i%2 == half {
 			links = append(links, li)
+			for _, sp := range m.plan.ByLink[li] {
+				if !sp.Late {
+					total++
+				}
+			}
 		}
 	}
-	return m.parallel(ctx, fmt.Sprintf("usage (part %d of 2)", half+1), len(links), func(ctx context.Context, i int) error {
-		for _, sp := range m.plan.ByLink[links[i]] {
-			if sp.Late {
-				continue
+	var done atomic.Int64
+	return m.parallelCounted(ctx, fmt.Sprintf("usage (part %d of 2)", half+1), len(links), total, &done,
+		func(ctx context.Context, i int) error {
+			for _, sp := range m.plan.ByLink[links[i]] {
+				if sp.Late {
+					continue
+				}
+				if err := m.spend(ctx, sp); err != nil {
+					return err
+				}
+				done.Add(1)
 			}
-			if err := m.spend(ctx, sp); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+			return nil
+		})
 }
 
 func (m *month) spend(ctx context.Context, sp Spend) error {

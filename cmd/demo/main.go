@@ -38,7 +38,7 @@ type options struct {
 func main() {
 	var o options
 	fs := flag.NewFlagSet("demo", flag.ExitOnError)
-	fs.IntVar(&o.people, "people", 6000, "synthetic people (at least 4 per pooling region are made)")
+	fs.IntVar(&o.people, "people", 0, "synthetic people (at least 4 per pooling region are made; 0: 6000, or --usages/10 when that is more,\nso that a larger month has more families rather than every quota exhausted)")
 	fs.IntVar(&o.usages, "usages", 20000, "planned usages in the month")
 	fs.IntVar(&o.workers, "workers", 32, "concurrent request streams of the driver")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed: the same seed sends the same requests and gives byte-identical exports")
@@ -47,12 +47,15 @@ func main() {
 	fs.StringVar(&o.bin, "bin", "", "directory with the clearing and provincenode binaries (default: next to this one)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as JSON instead of a table")
 	fs.BoolVar(&o.serve, "serve", false, "keep the federation running after the month until Ctrl-C (prints endpoints and grpcurl lines)")
-	fs.DurationVar(&o.proposalExpiry, "proposal-expiry", 15*time.Second, "the nodes' proposal expiry in this simulation (real time)")
+	fs.DurationVar(&o.proposalExpiry, "proposal-expiry", 0, "the nodes' proposal expiry in this simulation (real time; 0: 15s + 10ms per proposal)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: demo [flags]\n\nRuns a simulated national month end to end (see README.md). Uses DATABASE_URL if set,\nelse a private PostgreSQL that is removed afterwards.\n\n")
 		fs.PrintDefaults()
 	}
 	_ = fs.Parse(os.Args[1:])
+	if o.people == 0 {
+		o.people = max(6000, o.usages/10)
+	}
 	if o.bin == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -85,6 +88,13 @@ func run(ctx context.Context, o options) error {
 	if err := os.RemoveAll(o.out); err != nil {
 		return err
 	}
+	// The population is generated before the federation starts: the nodes'
+	// proposal expiry depends on how many proposals there are.
+	pop := sim.Generate(sim.Config{People: o.people, Seed: o.seed, Year: period.Year})
+	people, links, cross := pop.Counts()
+	if o.proposalExpiry == 0 {
+		o.proposalExpiry = sim.ProposalExpiry(links)
+	}
 	setupStart := time.Now()
 	f, err := federation.Start(ctx, federation.Options{
 		Dir: o.out, Bin: o.bin, Seed: o.seed, Period: period,
@@ -96,8 +106,6 @@ func run(ctx context.Context, o options) error {
 	defer f.Close()
 	setupSeconds := time.Since(setupStart).Seconds()
 
-	pop := sim.Generate(sim.Config{People: o.people, Seed: o.seed, Year: period.Year})
-	people, links, cross := pop.Counts()
 	logf("population: %d people in 387 pooling regions, %d proposed relationships (%d cross-province)", people, links, cross)
 	cfg := sim.MonthConfig{
 		Period: period, Usages: o.usages, Seed: o.seed, Workers: o.workers,
@@ -168,8 +176,24 @@ func serve(ctx context.Context, f *federation.Federation, o options) error {
 	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost %s list\n", c.CA, c.Cert, c.Key, c.Addr)
 	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost -d '{\"setlym\":\"%s\"}' %s gongji.clearing.v1.AdminService/GetPeriodStatus\n", c.CA, c.Cert, c.Key, o.period, c.Addr)
 	fmt.Printf("  grpcurl -cacert %s -cert %s -key %s -authority localhost %s list gongji.province.v1.ProvinceService\n\n", n.CA, n.Cert, n.Key, n.Addr)
+	printConsole(eps["console"], o)
 	<-ctx.Done()
 	return nil
+}
+
+// printConsole tells how to open the operator console: it is HTTPS with a
+// required client certificate, so a browser needs the operator certificate
+// imported (as PKCS#12) and the demo CA trusted; curl takes the PEM files.
+func printConsole(c federation.Endpoint, o options) {
+	_, port, _ := strings.Cut(c.Addr, ":")
+	url := "https://localhost:" + port + "/"
+	p12 := filepath.Join(o.out, "operator.p12")
+	fmt.Printf("Operator console (read-only, HTTPS; a client certificate is required)\n  %s\n\n", url)
+	fmt.Printf("  with curl:\n    curl --cacert %s --cert %s --key %s %sapi/period/%s/overview\n\n", c.CA, c.Cert, c.Key, url, o.period)
+	fmt.Printf("  in a browser: make a PKCS#12 of the operator certificate (password gongji) and import it,\n"+
+		"  and trust the demo CA %s (certificate settings, \"Authorities\"), then open %s\n", c.CA, url)
+	fmt.Printf("    openssl pkcs12 -export -in %s -inkey %s -certfile %s -name gongji-operator -passout pass:gongji -out %s\n", c.Cert, c.Key, c.CA, p12)
+	fmt.Printf("  a province's view: the same with %s/province-XX0000.pem and -key.pem\n\n", filepath.Dir(c.Cert))
 }
 
 func printSummary(s *sim.Summary) {
