@@ -38,8 +38,10 @@
 //     not Internal (serverCodec). Edge messages never quote the offending
 //     value, so a hostile value (an ID number in the wrong field) is never
 //     echoed into replies or call logs.
-//   - ChangeEnrollment is idempotent by the state it produces (repeating a
-//     change does nothing); change_key is validated but not stored.
+//   - ChangeEnrollment is idempotent by change_key: the first answer is
+//     stored (commands) and replayed to a retry, and the key reused for a
+//     different change is refused; a new key repeating the current state
+//     changes nothing.
 //     TRANSFER names a pooling region of this province; a move to another
 //     province is a TERMINATION here. effective_at is optional, validated
 //     (years 2000–2999, at most a day ahead) and not stored.

@@ -75,7 +75,8 @@ func (s *ProvinceServer) RegisterPerson(ctx context.Context, req *provincev1.Reg
 // ChangeEnrollment records an enrollment event and dissolves the person's
 // relationships (R6) in the same transaction, returning unused quota (R7);
 // relationships whose authority is another province get a durable
-// dissolution command. Repeating a change does nothing. A TRANSFER names a
+// dissolution command. A retry with the same change_key gets the first
+// answer; the key with a different change is AlreadyExists. A TRANSFER names a
 // pooling region of this province; a move to another province is a
 // TERMINATION here.
 func (s *ProvinceServer) ChangeEnrollment(ctx context.Context, req *provincev1.ChangeEnrollmentRequest) (*provincev1.ChangeEnrollmentResponse, error) {
@@ -96,7 +97,8 @@ func (s *ProvinceServer) ChangeEnrollment(ctx context.Context, req *provincev1.C
 	if c.err != nil {
 		return nil, c.err
 	}
-	res, err := s.svc.UpdateEnrollment(ctx, sharing.EnrollmentChange{PersonRef: ref, Event: event, NewRegion: newRegion})
+	res, err := s.svc.UpdateEnrollment(ctx, sharing.EnrollmentChange{PersonRef: ref, Event: event, NewRegion: newRegion,
+		Key: req.GetChangeKey()})
 	if err != nil {
 		return nil, s.fail("ChangeEnrollment", err)
 	}

@@ -77,16 +77,33 @@ func (s *Store) GetPerson(ctx context.Context, ref string) (sharing.Person, erro
 }
 
 // ChangeEnrollment implements sharing.Store. One transaction: the person
-// (locked), then every live relationship of theirs (locked, by id).
+// (locked), then every live relationship of theirs (locked, by id). A change
+// with a key stores its answer under it (commands), so a retry gets the first
+// answer even after later changes, and the key reused for another change is
+// ErrKeyReused.
 func (s *Store) ChangeEnrollment(ctx context.Context, ch sharing.EnrollmentChange, province string, now time.Time) (sharing.EnrollmentResult, error) {
 	var res sharing.EnrollmentResult
 	err := s.inTx(ctx, "change enrollment", func(tx pgx.Tx) error {
+		var hash []byte
+		if ch.Key != "" {
+			hash = ch.Hash()
+			found, err := lookupCommand(ctx, tx, province, ch.Key, hash, &res)
+			if err != nil || found {
+				res.Replayed = found
+				return err
+			}
+		}
 		old, err := getPerson(ctx, tx, ch.PersonRef, "FOR UPDATE")
 		if err != nil {
 			return err
 		}
-		res, err = changeEnrollment(ctx, tx, old, ch, province, now)
-		return err
+		if res, err = changeEnrollment(ctx, tx, old, ch, province, now); err != nil {
+			return err
+		}
+		if ch.Key != "" {
+			return saveCommand(ctx, tx, province, ch.Key, "ENROLLMENT", hash, res, now)
+		}
+		return nil
 	})
 	return res, err
 }

@@ -2,6 +2,7 @@ package sharing
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"gongji/internal/pii"
@@ -162,6 +163,17 @@ type EnrollmentChange struct {
 	Enrollment
 	Event     DissolveReason `json:"event,omitempty"`      // an automatic reason, or ""
 	NewRegion string         `json:"new_region,omitempty"` // TRANSFER by event
+	// Key, when set, is the change's idempotency key (the API's change_key):
+	// a retry gets the first answer, and the same key with a different change
+	// is refused (ErrKeyReused). It shares the namespace of the province's
+	// other command keys. A re-registration (RegisterPerson) has none.
+	Key string `json:"key,omitempty"`
+}
+
+// Hash identifies the change's content under its key (see hashFields).
+func (ch EnrollmentChange) Hash() []byte {
+	return hashFields("gongji.sharing.enrollment.v1", ch.Key, ch.PersonRef, ch.Region, string(ch.Scheme),
+		string(ch.Mode), string(ch.Status), strconv.FormatBool(ch.Insured), string(ch.Event), ch.NewRegion)
 }
 
 // byEvent reports the event-only form.
@@ -171,6 +183,11 @@ func (ch EnrollmentChange) byEvent() bool { return ch.Enrollment == (Enrollment{
 func (ch EnrollmentChange) Validate(province string) error {
 	if err := validRef("person_ref", ch.PersonRef); err != nil {
 		return err
+	}
+	if ch.Key != "" {
+		if err := validKey("change_key", ch.Key); err != nil {
+			return err
+		}
 	}
 	if !validEvent(ch.Event) {
 		return fieldErrf("event", "must be an automatic dissolve reason, not %q", string(ch.Event))
@@ -237,6 +254,8 @@ type EnrollmentResult struct {
 	// Forwarded are the dissolution commands queued durably (relay queue, same
 	// transaction) for relationships whose authority is another province.
 	Forwarded []Command `json:"forwarded"`
+	// Replayed: the answer stored under the change's key, given again.
+	Replayed bool `json:"-"`
 }
 
 // AutoDissolveReason applies R6: it compares a person before and after an
