@@ -228,9 +228,15 @@ func (s *Store) Usages(ctx context.Context, p region.Period) ([]StoredUsage, err
 // GetUsage returns the stored row of a usage key, wherever it lives.
 // Errors: ErrNotFound.
 func (s *Store) GetUsage(ctx context.Context, usageID string) (StoredUsage, error) {
+	// Reported usages are located by their key; the clearing service's own
+	// ADJUSTMENT rows (accepted disputes) have no report and are located by
+	// clearing_adjustments.
 	u, err := scanUsage(s.pool.QueryRow(ctx, `SELECT `+usageCols+` FROM usages u
 		WHERE (u.setlym, u.payer_province, u.usage_id) =
-		      (SELECT k.setlym, k.row_payer_province, k.usage_id FROM usage_keys k WHERE k.usage_id = $1)`, usageID))
+		      (SELECT k.setlym, k.row_payer_province, k.usage_id FROM usage_keys k WHERE k.usage_id = $1
+		       UNION ALL
+		       SELECT a.setlym, a.payer_province, a.usage_id FROM clearing_adjustments a WHERE a.usage_id = $1
+		       LIMIT 1)`, usageID))
 	if err != nil {
 		return StoredUsage{}, fmt.Errorf("usage %s: %w", usageID, translate(err))
 	}

@@ -324,6 +324,11 @@ func TestCloseSettleScenario(t *testing.T) {
 	if !found {
 		t.Fatalf("no adjustment row in 202608: %+v", adj)
 	}
+	// An adjustment is found by its id like a reported usage.
+	if got, err := b.store.GetUsage(b.ctx, rd.AdjustmentID); err != nil || got.UsageID != rd.AdjustmentID ||
+		got.Type != settlement.EntryAdjustment || got.Period != aug {
+		t.Fatalf("GetUsage(%s) = %+v, %v", rd.AdjustmentID, got, err)
+	}
 	// July is untouched.
 	if got := opRender(opResult(t, b, jul)); got != opRender(res) {
 		t.Fatalf("July's figures changed after the resolution")
