@@ -161,6 +161,7 @@ func relationshipToProto(r sharing.Relationship) *provincev1.Relationship {
 		Status: relationshipStatuses.proto(r.Status), DissolveReason: dissolveReasons.proto(r.DissolveReason),
 		Quota: r.Quota.String(), Used: r.Used.String(), Version: r.Version,
 		ProposedAt: ts(r.ProposedAt), ExpiresAt: ts(r.ExpiresAt), UpdatedAt: ts(r.UpdatedAt),
+		Returned: r.Returned.String(), ActivatedAt: ts(r.ActivatedAt), EndedAt: ts(r.EndedAt),
 	}
 }
 
@@ -173,11 +174,12 @@ func relationshipsToProto(rs []sharing.Relationship) []*provincev1.Relationship 
 }
 
 // relationshipFromProto reads an authority's snapshot (another node's
-// answer or a relayed snapshot). The wire form carries no returned,
-// activated_at or ended_at; they are derived as the authority keeps them:
-// an ended relationship ended at its last update (nothing changes its state
-// after it ends) and returned quota − used (R7); activated_at stays unknown
-// on a replica. Errors: InvalidArgument naming the field.
+// answer or a relayed snapshot), returned, activated_at and ended_at
+// included. A snapshot from a node that predates those fields (empty
+// returned, unset times) gets them derived as the authority keeps them: an
+// ended relationship ended at its last update (nothing changes its state
+// after it ends) and returned quota − used (R7); activated_at then stays
+// unknown. Errors: InvalidArgument naming the field.
 func relationshipFromProto(c *edge, field string, p *provincev1.Relationship) sharing.Relationship {
 	if p == nil {
 		c.failf(field, "is required")
@@ -199,6 +201,12 @@ func relationshipFromProto(c *edge, field string, p *provincev1.Relationship) sh
 		ProposedAt:          c.timestamp(field+".proposed_at", p.GetProposedAt(), true, time.Time{}, 0),
 		ExpiresAt:           c.timestamp(field+".expires_at", p.GetExpiresAt(), true, time.Time{}, 0),
 		UpdatedAt:           c.timestamp(field+".updated_at", p.GetUpdatedAt(), true, time.Time{}, 0),
+		ActivatedAt:         c.timestamp(field+".activated_at", p.GetActivatedAt(), false, time.Time{}, 0),
+		EndedAt:             c.timestamp(field+".ended_at", p.GetEndedAt(), false, time.Time{}, 0),
+	}
+	wireReturned := p.GetReturned() != ""
+	if wireReturned {
+		r.Returned = c.quota(field+".returned", p.GetReturned())
 	}
 	if c.err == nil {
 		if _, err := region.ParseRegionIn(r.SharerRegion, r.SharerProvince); err != nil {
@@ -214,8 +222,10 @@ func relationshipFromProto(c *edge, field string, p *provincev1.Relationship) sh
 	if c.err != nil {
 		return sharing.Relationship{}
 	}
-	if !r.Status.Live() {
+	if !r.Status.Live() && r.EndedAt.IsZero() {
 		r.EndedAt = r.UpdatedAt
+	}
+	if !r.Status.Live() && !wireReturned {
 		r.Returned = money.Zero
 		if r.Quota.GreaterThan(r.Used) {
 			r.Returned = r.Quota.Sub(r.Used)

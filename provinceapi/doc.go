@@ -45,10 +45,10 @@
 //     TRANSFER names a pooling region of this province; a move to another
 //     province is a TERMINATION here. effective_at is optional, validated
 //     (years 2000–2999, at most a day ahead) and not stored.
-//   - The Relationship message has no returned, activated_at or ended_at. A
-//     snapshot read from the wire (replicas) derives ended_at = updated_at
-//     and returned = quota − used for an ended relationship, as the authority
-//     keeps them; activated_at stays unknown on a replica.
+//   - The Relationship message carries returned, activated_at and ended_at
+//     (fields 17–19). A snapshot without them (a node that predates them)
+//     gets ended_at = updated_at and returned = quota − used for an ended
+//     relationship, as the authority keeps them; activated_at stays unknown.
 //   - CreditAccount and SpendOwn answer with the account as it is after the
 //     call (a replay shows the current balances, and moves nothing).
 //   - ListRelationships returns at most ListRelationshipsMax relationships

@@ -226,6 +226,13 @@ func TestCrossProvince(t *testing.T) {
 	if rb.GetQuota() != final.GetQuota() || rb.GetDissolveReason() != final.GetDissolveReason() || rb.GetSharerRegion() != final.GetSharerRegion() {
 		t.Fatalf("replica %+v, authority %+v", rb, final)
 	}
+	// The snapshot carries the authority's returned quota and its times.
+	if final.GetReturned() == "" || final.GetActivatedAt() == nil || final.GetEndedAt() == nil ||
+		rb.GetReturned() != final.GetReturned() || !rb.GetActivatedAt().AsTime().Equal(final.GetActivatedAt().AsTime()) ||
+		!rb.GetEndedAt().AsTime().Equal(final.GetEndedAt().AsTime()) {
+		t.Fatalf("replica returned %q activated %v ended %v; authority %q %v %v", rb.GetReturned(), rb.GetActivatedAt(),
+			rb.GetEndedAt(), final.GetReturned(), final.GetActivatedAt(), final.GetEndedAt())
+	}
 	if got := a.balance(t, "due:clearing"); got != "0.00" {
 		t.Fatalf("Henan owes the clearing centre %s after full refund", got)
 	}

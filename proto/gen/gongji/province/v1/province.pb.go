@@ -1569,8 +1569,15 @@ type Relationship struct {
 	ProposedAt          *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
 	ExpiresAt           *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	UpdatedAt           *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Quota given back to the sharer's available balance (R7): by reversals
+	// after the quota was used up, and the unused remainder when it ended.
+	Returned string `protobuf:"bytes,17,opt,name=returned,proto3" json:"returned,omitempty"`
+	// When the relationship became ACTIVE (unset: never).
+	ActivatedAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=activated_at,json=activatedAt,proto3" json:"activated_at,omitempty"`
+	// When it left PENDING or ACTIVE for good (unset: still live).
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Relationship) Reset() {
@@ -1711,6 +1718,27 @@ func (x *Relationship) GetExpiresAt() *timestamppb.Timestamp {
 func (x *Relationship) GetUpdatedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Relationship) GetReturned() string {
+	if x != nil {
+		return x.Returned
+	}
+	return ""
+}
+
+func (x *Relationship) GetActivatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivatedAt
+	}
+	return nil
+}
+
+func (x *Relationship) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
 	}
 	return nil
 }
@@ -2812,7 +2840,7 @@ const file_gongji_province_v1_province_proto_rawDesc = "" +
 	"\x0frelationship_id\x18\x01 \x01(\tR\x0erelationshipId\x12(\n" +
 	"\x02by\x18\x02 \x01(\x0e2\x18.gongji.province.v1.SideR\x02by\x12\x1f\n" +
 	"\vcommand_key\x18\x03 \x01(\tR\n" +
-	"commandKey\"\xfd\x05\n" +
+	"commandKey\"\x8f\a\n" +
 	"\fRelationship\x12'\n" +
 	"\x0frelationship_id\x18\x01 \x01(\tR\x0erelationshipId\x12\x1d\n" +
 	"\n" +
@@ -2835,7 +2863,10 @@ const file_gongji_province_v1_province_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"A\n" +
+	"updated_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n" +
+	"\breturned\x18\x11 \x01(\tR\breturned\x12=\n" +
+	"\factivated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\vactivatedAt\x125\n" +
+	"\bended_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\"A\n" +
 	"\x16GetRelationshipRequest\x12'\n" +
 	"\x0frelationship_id\x18\x01 \x01(\tR\x0erelationshipId\"P\n" +
 	"\x18ListRelationshipsRequest\x124\n" +
@@ -3096,64 +3127,66 @@ var file_gongji_province_v1_province_proto_depIdxs = []int32{
 	39, // 26: gongji.province.v1.Relationship.proposed_at:type_name -> google.protobuf.Timestamp
 	39, // 27: gongji.province.v1.Relationship.expires_at:type_name -> google.protobuf.Timestamp
 	39, // 28: gongji.province.v1.Relationship.updated_at:type_name -> google.protobuf.Timestamp
-	10, // 29: gongji.province.v1.ListRelationshipsRequest.person:type_name -> gongji.province.v1.PersonId
-	24, // 30: gongji.province.v1.ListRelationshipsResponse.relationships:type_name -> gongji.province.v1.Relationship
-	8,  // 31: gongji.province.v1.SpendRequest.kind:type_name -> gongji.province.v1.UsageKind
-	39, // 32: gongji.province.v1.SpendRequest.occurred_at:type_name -> google.protobuf.Timestamp
-	39, // 33: gongji.province.v1.ReverseRequest.occurred_at:type_name -> google.protobuf.Timestamp
-	8,  // 34: gongji.province.v1.DebitRequest.kind:type_name -> gongji.province.v1.UsageKind
-	39, // 35: gongji.province.v1.DebitRequest.occurred_at:type_name -> google.protobuf.Timestamp
-	8,  // 36: gongji.province.v1.DebitResponse.kind:type_name -> gongji.province.v1.UsageKind
-	39, // 37: gongji.province.v1.DebitResponse.occurred_at:type_name -> google.protobuf.Timestamp
-	39, // 38: gongji.province.v1.ReverseDebitRequest.occurred_at:type_name -> google.protobuf.Timestamp
-	9,  // 39: gongji.province.v1.ApplyRelationshipCommandRequest.action:type_name -> gongji.province.v1.RelationshipAction
-	22, // 40: gongji.province.v1.ApplyRelationshipCommandRequest.proposal:type_name -> gongji.province.v1.ProposeRelationshipRequest
-	5,  // 41: gongji.province.v1.ApplyRelationshipCommandRequest.by:type_name -> gongji.province.v1.Side
-	7,  // 42: gongji.province.v1.ApplyRelationshipCommandRequest.reason:type_name -> gongji.province.v1.DissolveReason
-	24, // 43: gongji.province.v1.ApplyRelationshipSnapshotRequest.relationship:type_name -> gongji.province.v1.Relationship
-	13, // 44: gongji.province.v1.ProvinceService.RegisterPerson:input_type -> gongji.province.v1.RegisterPersonRequest
-	15, // 45: gongji.province.v1.ProvinceService.ChangeEnrollment:input_type -> gongji.province.v1.ChangeEnrollmentRequest
-	17, // 46: gongji.province.v1.ProvinceService.GetPerson:input_type -> gongji.province.v1.GetPersonRequest
-	18, // 47: gongji.province.v1.ProvinceService.CreditAccount:input_type -> gongji.province.v1.CreditAccountRequest
-	19, // 48: gongji.province.v1.ProvinceService.SpendOwn:input_type -> gongji.province.v1.SpendOwnRequest
-	20, // 49: gongji.province.v1.ProvinceService.GetAccount:input_type -> gongji.province.v1.GetAccountRequest
-	22, // 50: gongji.province.v1.ProvinceService.ProposeRelationship:input_type -> gongji.province.v1.ProposeRelationshipRequest
-	23, // 51: gongji.province.v1.ProvinceService.ConsentRelationship:input_type -> gongji.province.v1.RelationshipCommand
-	23, // 52: gongji.province.v1.ProvinceService.DeclineRelationship:input_type -> gongji.province.v1.RelationshipCommand
-	23, // 53: gongji.province.v1.ProvinceService.DissolveRelationship:input_type -> gongji.province.v1.RelationshipCommand
-	25, // 54: gongji.province.v1.ProvinceService.GetRelationship:input_type -> gongji.province.v1.GetRelationshipRequest
-	26, // 55: gongji.province.v1.ProvinceService.ListRelationships:input_type -> gongji.province.v1.ListRelationshipsRequest
-	28, // 56: gongji.province.v1.ProvinceService.SetQuota:input_type -> gongji.province.v1.SetQuotaRequest
-	29, // 57: gongji.province.v1.ProvinceService.Spend:input_type -> gongji.province.v1.SpendRequest
-	31, // 58: gongji.province.v1.ProvinceService.Reverse:input_type -> gongji.province.v1.ReverseRequest
-	33, // 59: gongji.province.v1.PeerService.Debit:input_type -> gongji.province.v1.DebitRequest
-	35, // 60: gongji.province.v1.PeerService.ReverseDebit:input_type -> gongji.province.v1.ReverseDebitRequest
-	36, // 61: gongji.province.v1.PeerService.ApplyRelationshipCommand:input_type -> gongji.province.v1.ApplyRelationshipCommandRequest
-	37, // 62: gongji.province.v1.PeerService.ApplyRelationshipSnapshot:input_type -> gongji.province.v1.ApplyRelationshipSnapshotRequest
-	14, // 63: gongji.province.v1.ProvinceService.RegisterPerson:output_type -> gongji.province.v1.RegisterPersonResponse
-	16, // 64: gongji.province.v1.ProvinceService.ChangeEnrollment:output_type -> gongji.province.v1.ChangeEnrollmentResponse
-	12, // 65: gongji.province.v1.ProvinceService.GetPerson:output_type -> gongji.province.v1.Person
-	21, // 66: gongji.province.v1.ProvinceService.CreditAccount:output_type -> gongji.province.v1.Account
-	21, // 67: gongji.province.v1.ProvinceService.SpendOwn:output_type -> gongji.province.v1.Account
-	21, // 68: gongji.province.v1.ProvinceService.GetAccount:output_type -> gongji.province.v1.Account
-	24, // 69: gongji.province.v1.ProvinceService.ProposeRelationship:output_type -> gongji.province.v1.Relationship
-	24, // 70: gongji.province.v1.ProvinceService.ConsentRelationship:output_type -> gongji.province.v1.Relationship
-	24, // 71: gongji.province.v1.ProvinceService.DeclineRelationship:output_type -> gongji.province.v1.Relationship
-	24, // 72: gongji.province.v1.ProvinceService.DissolveRelationship:output_type -> gongji.province.v1.Relationship
-	24, // 73: gongji.province.v1.ProvinceService.GetRelationship:output_type -> gongji.province.v1.Relationship
-	27, // 74: gongji.province.v1.ProvinceService.ListRelationships:output_type -> gongji.province.v1.ListRelationshipsResponse
-	24, // 75: gongji.province.v1.ProvinceService.SetQuota:output_type -> gongji.province.v1.Relationship
-	30, // 76: gongji.province.v1.ProvinceService.Spend:output_type -> gongji.province.v1.SpendResponse
-	32, // 77: gongji.province.v1.ProvinceService.Reverse:output_type -> gongji.province.v1.ReverseResponse
-	34, // 78: gongji.province.v1.PeerService.Debit:output_type -> gongji.province.v1.DebitResponse
-	32, // 79: gongji.province.v1.PeerService.ReverseDebit:output_type -> gongji.province.v1.ReverseResponse
-	24, // 80: gongji.province.v1.PeerService.ApplyRelationshipCommand:output_type -> gongji.province.v1.Relationship
-	38, // 81: gongji.province.v1.PeerService.ApplyRelationshipSnapshot:output_type -> gongji.province.v1.ApplyRelationshipSnapshotResponse
-	63, // [63:82] is the sub-list for method output_type
-	44, // [44:63] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	39, // 29: gongji.province.v1.Relationship.activated_at:type_name -> google.protobuf.Timestamp
+	39, // 30: gongji.province.v1.Relationship.ended_at:type_name -> google.protobuf.Timestamp
+	10, // 31: gongji.province.v1.ListRelationshipsRequest.person:type_name -> gongji.province.v1.PersonId
+	24, // 32: gongji.province.v1.ListRelationshipsResponse.relationships:type_name -> gongji.province.v1.Relationship
+	8,  // 33: gongji.province.v1.SpendRequest.kind:type_name -> gongji.province.v1.UsageKind
+	39, // 34: gongji.province.v1.SpendRequest.occurred_at:type_name -> google.protobuf.Timestamp
+	39, // 35: gongji.province.v1.ReverseRequest.occurred_at:type_name -> google.protobuf.Timestamp
+	8,  // 36: gongji.province.v1.DebitRequest.kind:type_name -> gongji.province.v1.UsageKind
+	39, // 37: gongji.province.v1.DebitRequest.occurred_at:type_name -> google.protobuf.Timestamp
+	8,  // 38: gongji.province.v1.DebitResponse.kind:type_name -> gongji.province.v1.UsageKind
+	39, // 39: gongji.province.v1.DebitResponse.occurred_at:type_name -> google.protobuf.Timestamp
+	39, // 40: gongji.province.v1.ReverseDebitRequest.occurred_at:type_name -> google.protobuf.Timestamp
+	9,  // 41: gongji.province.v1.ApplyRelationshipCommandRequest.action:type_name -> gongji.province.v1.RelationshipAction
+	22, // 42: gongji.province.v1.ApplyRelationshipCommandRequest.proposal:type_name -> gongji.province.v1.ProposeRelationshipRequest
+	5,  // 43: gongji.province.v1.ApplyRelationshipCommandRequest.by:type_name -> gongji.province.v1.Side
+	7,  // 44: gongji.province.v1.ApplyRelationshipCommandRequest.reason:type_name -> gongji.province.v1.DissolveReason
+	24, // 45: gongji.province.v1.ApplyRelationshipSnapshotRequest.relationship:type_name -> gongji.province.v1.Relationship
+	13, // 46: gongji.province.v1.ProvinceService.RegisterPerson:input_type -> gongji.province.v1.RegisterPersonRequest
+	15, // 47: gongji.province.v1.ProvinceService.ChangeEnrollment:input_type -> gongji.province.v1.ChangeEnrollmentRequest
+	17, // 48: gongji.province.v1.ProvinceService.GetPerson:input_type -> gongji.province.v1.GetPersonRequest
+	18, // 49: gongji.province.v1.ProvinceService.CreditAccount:input_type -> gongji.province.v1.CreditAccountRequest
+	19, // 50: gongji.province.v1.ProvinceService.SpendOwn:input_type -> gongji.province.v1.SpendOwnRequest
+	20, // 51: gongji.province.v1.ProvinceService.GetAccount:input_type -> gongji.province.v1.GetAccountRequest
+	22, // 52: gongji.province.v1.ProvinceService.ProposeRelationship:input_type -> gongji.province.v1.ProposeRelationshipRequest
+	23, // 53: gongji.province.v1.ProvinceService.ConsentRelationship:input_type -> gongji.province.v1.RelationshipCommand
+	23, // 54: gongji.province.v1.ProvinceService.DeclineRelationship:input_type -> gongji.province.v1.RelationshipCommand
+	23, // 55: gongji.province.v1.ProvinceService.DissolveRelationship:input_type -> gongji.province.v1.RelationshipCommand
+	25, // 56: gongji.province.v1.ProvinceService.GetRelationship:input_type -> gongji.province.v1.GetRelationshipRequest
+	26, // 57: gongji.province.v1.ProvinceService.ListRelationships:input_type -> gongji.province.v1.ListRelationshipsRequest
+	28, // 58: gongji.province.v1.ProvinceService.SetQuota:input_type -> gongji.province.v1.SetQuotaRequest
+	29, // 59: gongji.province.v1.ProvinceService.Spend:input_type -> gongji.province.v1.SpendRequest
+	31, // 60: gongji.province.v1.ProvinceService.Reverse:input_type -> gongji.province.v1.ReverseRequest
+	33, // 61: gongji.province.v1.PeerService.Debit:input_type -> gongji.province.v1.DebitRequest
+	35, // 62: gongji.province.v1.PeerService.ReverseDebit:input_type -> gongji.province.v1.ReverseDebitRequest
+	36, // 63: gongji.province.v1.PeerService.ApplyRelationshipCommand:input_type -> gongji.province.v1.ApplyRelationshipCommandRequest
+	37, // 64: gongji.province.v1.PeerService.ApplyRelationshipSnapshot:input_type -> gongji.province.v1.ApplyRelationshipSnapshotRequest
+	14, // 65: gongji.province.v1.ProvinceService.RegisterPerson:output_type -> gongji.province.v1.RegisterPersonResponse
+	16, // 66: gongji.province.v1.ProvinceService.ChangeEnrollment:output_type -> gongji.province.v1.ChangeEnrollmentResponse
+	12, // 67: gongji.province.v1.ProvinceService.GetPerson:output_type -> gongji.province.v1.Person
+	21, // 68: gongji.province.v1.ProvinceService.CreditAccount:output_type -> gongji.province.v1.Account
+	21, // 69: gongji.province.v1.ProvinceService.SpendOwn:output_type -> gongji.province.v1.Account
+	21, // 70: gongji.province.v1.ProvinceService.GetAccount:output_type -> gongji.province.v1.Account
+	24, // 71: gongji.province.v1.ProvinceService.ProposeRelationship:output_type -> gongji.province.v1.Relationship
+	24, // 72: gongji.province.v1.ProvinceService.ConsentRelationship:output_type -> gongji.province.v1.Relationship
+	24, // 73: gongji.province.v1.ProvinceService.DeclineRelationship:output_type -> gongji.province.v1.Relationship
+	24, // 74: gongji.province.v1.ProvinceService.DissolveRelationship:output_type -> gongji.province.v1.Relationship
+	24, // 75: gongji.province.v1.ProvinceService.GetRelationship:output_type -> gongji.province.v1.Relationship
+	27, // 76: gongji.province.v1.ProvinceService.ListRelationships:output_type -> gongji.province.v1.ListRelationshipsResponse
+	24, // 77: gongji.province.v1.ProvinceService.SetQuota:output_type -> gongji.province.v1.Relationship
+	30, // 78: gongji.province.v1.ProvinceService.Spend:output_type -> gongji.province.v1.SpendResponse
+	32, // 79: gongji.province.v1.ProvinceService.Reverse:output_type -> gongji.province.v1.ReverseResponse
+	34, // 80: gongji.province.v1.PeerService.Debit:output_type -> gongji.province.v1.DebitResponse
+	32, // 81: gongji.province.v1.PeerService.ReverseDebit:output_type -> gongji.province.v1.ReverseResponse
+	24, // 82: gongji.province.v1.PeerService.ApplyRelationshipCommand:output_type -> gongji.province.v1.Relationship
+	38, // 83: gongji.province.v1.PeerService.ApplyRelationshipSnapshot:output_type -> gongji.province.v1.ApplyRelationshipSnapshotResponse
+	65, // [65:84] is the sub-list for method output_type
+	46, // [46:65] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_gongji_province_v1_province_proto_init() }
