@@ -88,13 +88,25 @@ func opsStatus(log *zap.Logger, op string, err error) error {
 	return status.Error(code, err.Error())
 }
 
-// parsePeriod reads a setlym field.
+// parsePeriod reads a setlym field. The refusal names the field and the
+// form, not the value (see edge.go).
 func parsePeriod(field, s string) (region.Period, error) {
 	p, err := region.ParsePeriod(s)
 	if err != nil {
-		return region.Period{}, status.Errorf(codes.InvalidArgument, "%s %q: %v", field, s, err)
+		return region.Period{}, status.Errorf(codes.InvalidArgument, "%s%s: %s", field, quoteShort(s), codeReason(err))
 	}
 	return p, nil
+}
+
+// provinceArg checks a province code an operator names (prepayment,
+// disputes); empty is allowed only when optional.
+func provinceArg(field, v string, optional bool) error {
+	if v == "" && optional {
+		return nil
+	}
+	var c edgeCheck
+	c.province(field, v)
+	return c.err
 }
 
 func ts(t time.Time) *timestamppb.Timestamp {
@@ -218,6 +230,9 @@ func (s *AdminServer) GetPrepayStatus(ctx context.Context, req *clearingv1.GetPr
 	if err := requireOperator(ctx); err != nil {
 		return nil, err
 	}
+	if err := provinceArg("province_code", req.GetProvinceCode(), true); err != nil {
+		return nil, err
+	}
 	ps, err := s.store.PrepayStatus(ctx, req.GetProvinceCode())
 	if err != nil {
 		return nil, opsStatus(s.log, "GetPrepayStatus", err)
@@ -229,12 +244,16 @@ func (s *AdminServer) GetPrepayStatus(ctx context.Context, req *clearingv1.GetPr
 	return out, nil
 }
 
-// movement parses a PrepayMovementRequest: the amount must be a positive
-// decimal with at most two places; province and key are validated by the store.
+// movement parses a PrepayMovementRequest: province_code a provincial unit,
+// amount a positive decimal with at most two places, movement_key a key
+// (the store checks the last again). Errors: InvalidArgument naming the field.
 func movement(req *clearingv1.PrepayMovementRequest) (clearingdb.PrepayMovement, error) {
-	amt, err := money.ParsePositive(req.GetAmount())
-	if err != nil {
-		return clearingdb.PrepayMovement{}, status.Errorf(codes.InvalidArgument, "amount %q: %v", req.GetAmount(), err)
+	var c edgeCheck
+	c.province("province_code", req.GetProvinceCode())
+	amt := c.amount("amount", req.GetAmount())
+	c.key("movement_key", req.GetMovementKey(), settlement.UsageIDLenMax)
+	if c.err != nil {
+		return clearingdb.PrepayMovement{}, c.err
 	}
 	return clearingdb.PrepayMovement{Province: req.GetProvinceCode(), Amount: amt, Key: req.GetMovementKey()}, nil
 }
@@ -304,6 +323,9 @@ func (s *AdminServer) ResolveDispute(ctx context.Context, req *clearingv1.Resolv
 	if err != nil {
 		return nil, err
 	}
+	if err := provinceArg("province_code", req.GetProvinceCode(), false); err != nil {
+		return nil, err
+	}
 	in := clearingdb.DisputeResolution{
 		Period: p, Province: req.GetProvinceCode(), UsageID: req.GetUsageId(), Accept: req.GetAccept(), Key: req.GetResolutionKey(),
 	}
@@ -313,7 +335,7 @@ func (s *AdminServer) ResolveDispute(ctx context.Context, req *clearingv1.Resolv
 		}
 		amt, err := money.Parse(a)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "adjustment_amount %q: %v", a, err)
+			return nil, status.Errorf(codes.InvalidArgument, "adjustment_amount: %s", moneyReason(err))
 		}
 		if amt.IsZero() {
 			return nil, status.Error(codes.InvalidArgument, "adjustment_amount must not be zero (reject the dispute instead)")

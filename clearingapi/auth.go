@@ -47,7 +47,7 @@ func requireProvince(ctx context.Context, code string) error {
 		return err
 	}
 	if p != code {
-		return status.Errorf(codes.PermissionDenied, "province %s may not act for province %s", p, code)
+		return status.Errorf(codes.PermissionDenied, "province %s may not act for province %s", p, safeCode(code))
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"gongji/config"
+	"gongji/internal/auditlog"
 	"gongji/internal/tlsconf"
 	provincev1 "gongji/proto/gen/gongji/province/v1"
 	"gongji/region"
@@ -268,6 +269,9 @@ func (n *Nodes) Peer(code string) (provincev1.PeerServiceClient, error) {
 			},
 			MinConnectTimeout: config.RPCTimeout,
 		}),
+		// The routed call carries the request id of the call it serves, so
+		// the target node's audit row has the same one.
+		grpc.WithChainUnaryInterceptor(auditlog.UnaryClientInterceptor()),
 	}
 	cc, err := grpc.NewClient(addr, append(opts, n.opts.DialOptions...)...)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"gongji/clearingdb"
+	"gongji/internal/auditlog"
 	"gongji/internal/clock"
 	clearingv1 "gongji/proto/gen/gongji/clearing/v1"
 	provincev1 "gongji/proto/gen/gongji/province/v1"
@@ -158,9 +159,17 @@ func (r *Reporting) ReportUsage(stream clearingv1.ReportingService_ReportUsageSe
 			}
 			return err
 		case b := <-batches:
-			ack, err := r.handle(ctx, log, province, b)
+			// One audit row per batch (internal/auditlog): the ingest
+			// transaction writes it, or Finish does for a batch refused
+			// before it or stored by none.
+			bctx, batch := auditlog.Child(ctx, batchRef(b))
+			ack, err := r.handle(bctx, log, province, b)
 			if err != nil {
-				return statusError(log, "ReportUsage", err)
+				err = statusError(log, "ReportUsage", err)
+			}
+			batch.Finish(bctx, err)
+			if err != nil {
+				return err
 			}
 			if err := stream.Send(ack); err != nil {
 				return err

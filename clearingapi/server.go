@@ -34,13 +34,15 @@ const (
 )
 
 // ServerOptions are the clearing service's own gRPC server options: message
-// size limit and keepalive. Pass them (with the TLS credentials) to
-// serve.GRPCOptions.
+// size limit, keepalive, and the codec that lets a request with invalid
+// UTF-8 reach validation (serverCodec). Pass them (with the TLS credentials)
+// to serve.GRPCOptions.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(RecvMsgBytesMax),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: serverKeepaliveTime, Timeout: serverKeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: clientPingIntervalMin, PermitWithoutStream: true}),
+		grpc.ForceServerCodecV2(newServerCodec()),
 	}
 }
 

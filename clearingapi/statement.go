@@ -151,7 +151,7 @@ func (s *StatementServer) DisputeStatement(ctx context.Context, req *clearingv1.
 	for i, it := range req.GetItems() {
 		amt, err := money.Parse(it.GetClaimedAmount())
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "item %d (%s): claimed_amount %q: %v", i, it.GetUsageId(), it.GetClaimedAmount(), err)
+			return nil, status.Errorf(codes.InvalidArgument, "items[%d].claimed_amount: %s", i, moneyReason(err))
 		}
 		items[i] = settlement.DisputedItem{UsageID: it.GetUsageId(), ClaimedAmount: amt, Reason: it.GetReason()}
 	}

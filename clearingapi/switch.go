@@ -32,9 +32,10 @@ const (
 	// which hold at most settlement.UsageIDLenMax (64) bytes; authorising a
 	// longer key would move money that can never be cleared.
 	usageKeyLenMax = settlement.UsageIDLenMax
-	// commandKeyLenMax bounds relationship command and proposal keys (they
-	// are never cleared): the province nodes' own limit.
-	commandKeyLenMax = 128
+	// commandKeyLenMax bounds relationship command and proposal keys: the
+	// province nodes' own limit (provinceapi.KeyLenMax, one limit for every
+	// key). A longer key would be routed only to be refused by the node.
+	commandKeyLenMax = settlement.UsageIDLenMax
 	// relationshipIDLenMax: relationship ids are "R" + 24 hex characters
 	// (docs/architecture.md); the clearing database stores up to 64.
 	relationshipIDLenMax = settlement.UsageIDLenMax
@@ -353,7 +354,7 @@ func (s *Switch) RelayRelationshipSnapshot(ctx context.Context, req *clearingv1.
 	var c edgeCheck
 	c.otherProvince("target_province", target, caller)
 	if c.err == nil && target != rel.GetBeneficiaryProvince() {
-		c.fail(fmt.Sprintf("target_province %s is not the relationship's beneficiary_province %q", target, rel.GetBeneficiaryProvince()))
+		c.fail(fmt.Sprintf("target_province %s is not the relationship's beneficiary_province %s", target, safeCode(rel.GetBeneficiaryProvince())))
 	}
 	c.relationship(rel, caller)
 	if c.err != nil {
@@ -593,7 +594,7 @@ func (c *edgeCheck) ref(field, v string) {
 
 func (c *edgeCheck) province(field, v string) bool {
 	if _, err := region.ParseProvince(v); err != nil {
-		c.failf(field, "%v", err)
+		c.failf(field, "%s", codeReason(err))
 		return false
 	}
 	return true
@@ -609,14 +610,14 @@ func (c *edgeCheck) otherProvince(field, v, self string) {
 
 func (c *edgeCheck) regionIn(field, v, province string) {
 	if _, err := region.ParseRegionIn(v, province); err != nil {
-		c.failf(field, "%v", err)
+		c.failf(field, "%s", codeReason(err))
 	}
 }
 
 func (c *edgeCheck) amount(field, v string) money.Yuan {
 	y, err := money.ParsePositive(v)
 	if err != nil {
-		c.failf(field, "%v", err)
+		c.failf(field, "%s", moneyReason(err))
 	}
 	return y
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"gongji/internal/auditlog"
 	"gongji/region"
 	"gongji/settlement"
 )
@@ -676,6 +677,10 @@ func (s *Store) ingestOnce(ctx context.Context, province string, rows []stageRow
 			}
 		}
 		slices.SortFunc(ack.Rejected, func(a, b Rejection) int { return cmp.Compare(a.Seq, b.Seq) })
+		if ack.Stored == 0 && len(ack.Rejected) == 0 {
+			// A resent batch: acknowledged again, nothing stored.
+			auditlog.SetOutcome(ctx, auditlog.OutcomeReplayed)
+		}
 		return nil
 	})
 	return ack, err

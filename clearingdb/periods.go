@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"gongji/internal/auditlog"
 	"gongji/region"
 	"gongji/settlement"
 )
@@ -67,7 +68,10 @@ func scanPeriod(row pgx.Row) (Period, error) {
 // Errors: ErrRetriesExhausted, database errors.
 func (s *Store) EnsurePeriod(ctx context.Context, p region.Period, now time.Time) (Period, error) {
 	var out Period
-	err := s.retry(ctx, "ensure period "+p.String(), func(ctx context.Context) error {
+	// Not audited as the caller's change: a period is created on demand by
+	// whatever needs it (an ingest batch, a dispute resolution), whose own
+	// transaction carries the call's audit row.
+	err := s.retry(auditlog.Without(ctx), "ensure period "+p.String(), func(ctx context.Context) error {
 		return s.inTx(ctx, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO periods (setlym, state, cut_off, created_at)
 				VALUES ($1, 'OPEN', $2, $3) ON CONFLICT (setlym) DO NOTHING`,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"gongji/internal/auditlog"
 	"gongji/ledger"
 	"gongji/money"
 	"gongji/prepay"
@@ -121,6 +122,7 @@ func (s *Store) movePrepay(ctx context.Context, kind string, m PrepayMovement, n
 			err := tx.QueryRow(ctx, `SELECT request_hash, province FROM prepay_movements WHERE movement_key = $1`, m.Key).Scan(&prevHash, &prevProv)
 			switch {
 			case err == nil && bytes.Equal(prevHash, hash):
+				auditlog.SetOutcome(ctx, auditlog.OutcomeReplayed)
 				var err error
 				out, err = prepayAccount(ctx, tx, prevProv)
 				return err

@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
+	"strings"
 	"time"
 
 	"gongji/money"
@@ -149,9 +151,12 @@ func validKey(s string, n int) bool {
 	return true
 }
 
-// validRef: 1..64 characters of [0-9A-Za-z_-].
+// validRef: 1..64 characters of [0-9A-Za-z_-], and not an ID number: only
+// pseudonyms leave a province (docs/architecture.md, "Identity and personal
+// data"), so a citizen identity number in a ref field is refused before it
+// could be stored, exported or logged.
 func validRef(s string) bool {
-	if s == "" || len(s) > refLenMax {
+	if s == "" || len(s) > refLenMax || looksLikeIDNumber(s) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -163,18 +168,99 @@ func validRef(s string) bool {
 	return true
 }
 
+// looksLikeIDNumber: 18 characters, 17 digits and a digit or X (GB
+// 11643-1999 shape), whatever the check digit: a mistyped number is personal
+// data too.
+func looksLikeIDNumber(s string) bool {
+	if len(s) != 18 {
+		return false
+	}
+	for i := 0; i < 17; i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	c := s[17]
+	return c >= '0' && c <= '9' || c == 'X' || c == 'x'
+}
+
+// reasonOf is the text of a money or region error without the value it
+// quotes: a rejection reason is stored, acknowledged to the node and logged,
+// and must not carry a hostile value (an ID number in the wrong field, a
+// megabyte of junk). Six-digit codes are named by the region package as they
+// are, which is safe.
+func reasonOf(err error) string {
+	for _, s := range []error{money.ErrEmpty, money.ErrInputTooLong, money.ErrSyntax, money.ErrTooPrecise,
+		money.ErrOutOfRange, money.ErrNotPositive, region.ErrBadCode} {
+		if errors.Is(err, s) {
+			return s.Error()
+		}
+	}
+	return err.Error()
+}
+
+// codeText is code when it has the form of a code (six ASCII digits), else
+// a description: a reason never repeats a malformed value.
+func codeText(code string) string {
+	if len(code) != 6 {
+		return "(not a six-digit code)"
+	}
+	for i := 0; i < len(code); i++ {
+		if code[i] < '0' || code[i] > '9' {
+			return "(not a six-digit code)"
+		}
+	}
+	return code
+}
+
+// storable replaces NUL and invalid UTF-8 with U+FFFD: PostgreSQL text and
+// jsonb hold neither.
+func storable(s string) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", "\uFFFD"), "\uFFFD")
+}
+
+// storableRecordJSON is a rejected record as report_rejects keeps it: every
+// text field storable.
+type storableRecordJSON struct {
+	Seq                                       int64
+	Kind, Role, UsageKey, ReversalOf          string
+	UsageKind, PayerProvince, PayerRegion     string
+	PayeeProvince, PayeeRegion, Amount        string
+	OccurredAt                                time.Time
+	SharerRef, BeneficiaryRef, RelationshipID string
+	Relationship                              *RelationshipChange
+}
+
+func storableRecord(r Record) storableRecordJSON {
+	out := storableRecordJSON{Seq: r.Seq, Kind: storable(string(r.Kind)), Role: storable(string(r.Role)),
+		UsageKey: storable(r.UsageKey), ReversalOf: storable(r.ReversalOf), UsageKind: storable(r.UsageKind),
+		PayerProvince: storable(r.PayerProvince), PayerRegion: storable(r.PayerRegion),
+		PayeeProvince: storable(r.PayeeProvince), PayeeRegion: storable(r.PayeeRegion), Amount: storable(r.Amount),
+		OccurredAt: r.OccurredAt, SharerRef: storable(r.SharerRef), BeneficiaryRef: storable(r.BeneficiaryRef),
+		RelationshipID: storable(r.RelationshipID)}
+	if c := r.Relationship; c != nil {
+		out.Relationship = &RelationshipChange{RelationshipID: storable(c.RelationshipID), Version: c.Version,
+			Status: storable(c.Status), SharerProvince: storable(c.SharerProvince),
+			BeneficiaryProvince: storable(c.BeneficiaryProvince), ChangedAt: c.ChangedAt}
+	}
+	return out
+}
+
 // validateRecord checks r as reported by caller and builds its stage row.
 // An invalid record gets status "invalid" and a reason; it is still staged
 // so that it is receipted (and acknowledged) exactly once.
 func validateRecord(caller string, r *Record, now time.Time, skewMax time.Duration, h hash.Hash) stageRow {
 	row := stageRow{seq: r.Seq, recKind: string(r.Kind), role: string(r.Role), usageID: r.UsageKey}
 	if reason := fillRow(caller, r, now, skewMax, &row); reason != "" {
+		// A rejected record is stored as it came (report_rejects), but text
+		// columns cannot hold NUL or invalid UTF-8: those become U+FFFD.
 		st := statusInvalid
-		row = stageRow{seq: r.Seq, status: &st, recKind: string(r.Kind), role: string(r.Role), reject: reason}
-		if len(r.UsageKey) <= keyLenMax {
-			row.usageID = r.UsageKey
+		clean := storableRecord(*r)
+		row = stageRow{seq: r.Seq, status: &st, recKind: clean.Kind, role: clean.Role, reject: reason}
+		if len(clean.UsageKey) <= keyLenMax {
+			row.usageID = clean.UsageKey
 		}
-		row.raw, _ = json.Marshal(r) // plain struct of strings and times: cannot fail
+		row.raw, _ = json.Marshal(clean) // plain struct of strings and times: cannot fail
 		return row
 	}
 	if row.needsAssignment {
@@ -213,17 +299,22 @@ func fillRow(caller string, r *Record, now time.Time, skewMax time.Duration, row
 		return err.Error()
 	}
 	row.kind = string(kind)
+	for _, p := range []struct{ side, province string }{{"payer", r.PayerProvince}, {"payee", r.PayeeProvince}} {
+		if _, err := region.ParseProvince(p.province); err != nil {
+			return p.side + ": " + reasonOf(err)
+		}
+	}
 	if _, err := region.ParseRegionIn(r.PayerRegion, r.PayerProvince); err != nil {
-		return "payer: " + err.Error()
+		return "payer: " + reasonOf(err)
 	}
 	if _, err := region.ParseRegionIn(r.PayeeRegion, r.PayeeProvince); err != nil {
-		return "payee: " + err.Error()
+		return "payee: " + reasonOf(err)
 	}
 	row.payerProvince, row.payerRegion = r.PayerProvince, r.PayerRegion
 	row.payeeProvince, row.payeeRegion = r.PayeeProvince, r.PayeeRegion
 	amount, err := money.ParsePositive(r.Amount)
 	if err != nil {
-		return err.Error()
+		return "amount: " + reasonOf(err)
 	}
 	row.amountFen = amount.Fen()
 	if r.Kind == RecordReversal {
@@ -235,7 +326,7 @@ func fillRow(caller string, r *Record, now time.Time, skewMax time.Duration, row
 	row.occurredAt = r.OccurredAt.Truncate(time.Microsecond) // PostgreSQL precision
 	row.own = region.PeriodOf(row.occurredAt)
 	if !validRef(r.SharerRef) || !validRef(r.BeneficiaryRef) {
-		return fmt.Sprintf("sharer_ref and beneficiary_ref must be 1..%d characters of [0-9A-Za-z_-]", refLenMax)
+		return fmt.Sprintf("sharer_ref and beneficiary_ref must be 1..%d characters of [0-9A-Za-z_-], never an ID number", refLenMax)
 	}
 	row.sharerRef, row.beneficiaryRef = r.SharerRef, r.BeneficiaryRef
 	if r.RelationshipID != "" && !validKey(r.RelationshipID, keyLenMax) {
@@ -246,11 +337,11 @@ func fillRow(caller string, r *Record, now time.Time, skewMax time.Duration, row
 	switch r.Role {
 	case RolePayer:
 		if r.PayerProvince != caller {
-			return fmt.Sprintf("a PAYER report of %s must have payer_province %s, not %s", caller, caller, r.PayerProvince)
+			return fmt.Sprintf("a PAYER report of %s must have payer_province %s, not %s", caller, caller, codeText(r.PayerProvince))
 		}
 	case RolePayee:
 		if r.PayeeProvince != caller {
-			return fmt.Sprintf("a PAYEE report of %s must have payee_province %s, not %s", caller, caller, r.PayeeProvince)
+			return fmt.Sprintf("a PAYEE report of %s must have payee_province %s, not %s", caller, caller, codeText(r.PayeeProvince))
 		}
 	case RoleLocal:
 		if r.PayerProvince != caller || r.PayeeProvince != caller {
@@ -290,10 +381,10 @@ func fillRelationship(caller string, r *Record, now time.Time, skewMax time.Dura
 		return fmt.Sprintf("unknown relationship status %q", c.Status)
 	}
 	if _, err := region.ParseProvince(c.SharerProvince); err != nil {
-		return "sharer: " + err.Error()
+		return "sharer: " + reasonOf(err)
 	}
 	if _, err := region.ParseProvince(c.BeneficiaryProvince); err != nil {
-		return "beneficiary: " + err.Error()
+		return "beneficiary: " + reasonOf(err)
 	}
 	if caller != c.SharerProvince && caller != c.BeneficiaryProvince {
 		return fmt.Sprintf("%s is neither the sharer's (%s) nor the beneficiary's (%s) province", caller, c.SharerProvince, c.BeneficiaryProvince)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"gongji/internal/auditlog"
 	"gongji/ledger"
 	"gongji/money"
 	"gongji/region"
@@ -142,6 +143,10 @@ func (s *Store) ClosePeriod(ctx context.Context, p region.Period, now time.Time)
 	if err != nil {
 		return PeriodStatus{}, err
 	}
+	if state != settlement.PeriodClosing {
+		// Closed before: nothing changes, and the audit row says so.
+		auditlog.SetOutcome(ctx, auditlog.OutcomeReplayed)
+	}
 	if state == settlement.PeriodClosing {
 		err := s.retry(ctx, "close "+p.String(), func(ctx context.Context) error {
 			return s.inTx(ctx, func(tx pgx.Tx) error { return s.finishClose(ctx, tx, p, now) })
@@ -166,7 +171,9 @@ func (s *Store) ClosePeriod(ctx context.Context, p region.Period, now time.Time)
 // afterwards (CLOSING, or CLOSED/SETTLED when there is nothing to do).
 func (s *Store) beginClose(ctx context.Context, p region.Period, now time.Time) (settlement.PeriodState, error) {
 	var state settlement.PeriodState
-	err := s.retry(ctx, "begin close "+p.String(), func(ctx context.Context) error {
+	// The audit row of a close commits with step 2 (the figures), not with
+	// this marker: a close that fails after it is recorded by its error.
+	err := s.retry(auditlog.Without(ctx), "begin close "+p.String(), func(ctx context.Context) error {
 		return s.inTx(ctx, func(tx pgx.Tx) error {
 			st, cutOff, err := lockPeriod(ctx, tx, p)
 			if err != nil {

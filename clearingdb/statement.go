@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"gongji/internal/auditlog"
 	"gongji/money"
 	"gongji/prepay"
 	"gongji/region"
@@ -241,6 +242,7 @@ func (s *Store) answerStatement(ctx context.Context, p region.Period, province, 
 				if !bytes.Equal(row.answerHash, hash) {
 					return fmt.Errorf("%w: answer key %q was used for another answer", ErrKeyReused, key)
 				}
+				auditlog.SetOutcome(ctx, auditlog.OutcomeReplayed)
 				out, err = loadStatement(ctx, tx, per, province) // replay
 				return err
 			}
@@ -258,6 +260,7 @@ func (s *Store) answerStatement(ctx context.Context, p region.Period, province, 
 				settlement.Answer{At: at, Disputes: items})
 			if err != nil {
 				answerErr = fmt.Errorf("statement %s of %s: %w", p, province, err)
+				auditlog.SetOutcome(ctx, auditlog.Refused(answerErr.Error()))
 				return nil // commit a deemed confirmation applied by lockStatement
 			}
 			if len(items) > 0 {
@@ -614,6 +617,7 @@ func resolveOnce(ctx context.Context, tx pgx.Tx, in DisputeResolution, hash []by
 		if !bytes.Equal(prevHash, hash) {
 			return ResolvedDispute{}, fmt.Errorf("%w: resolution key %q resolved %06d/%s/%s", ErrKeyReused, in.Key, ym, prov, uid)
 		}
+		auditlog.SetOutcome(ctx, auditlog.OutcomeReplayed)
 		return resolvedFrom(out.Accepted, adjID, adjYM, adjAmt)
 	case !errors.Is(err, pgx.ErrNoRows):
 		return ResolvedDispute{}, err

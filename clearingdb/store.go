@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"gongji/internal/auditlog"
 	"gongji/settlement"
 )
 
@@ -251,14 +252,26 @@ func (s *Store) retry(ctx context.Context, op string, fn func(ctx context.Contex
 	return fmt.Errorf("%s: %w after %d attempts: %w", op, ErrRetriesExhausted, s.cfg.RetryMax, translate(err))
 }
 
-// inTx runs fn in one transaction (begin, deferred rollback, commit).
-func (s *Store) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+// inTx runs fn in one transaction (begin, deferred rollback, commit). When
+// ctx carries an audited call (internal/auditlog) whose row is not committed
+// yet, the row is inserted after fn's work and before COMMIT, so it commits
+// or rolls back with the change. Transactions that are not the change a call
+// makes (a period created on demand, the CLOSING marker of a close) run
+// under auditlog.Without.
+func (s *Store) inTx(ctx context.Context, fn func(tx pgx.Tx) error) (err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	audit := auditlog.Begin(ctx)
+	defer func() {
+		audit.End(err)
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+	}()
 	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := audit.Insert(ctx, tx); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

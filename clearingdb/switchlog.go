@@ -3,10 +3,12 @@ package clearingdb
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"gongji/internal/auditlog"
 	"gongji/money"
 	"gongji/region"
 	"gongji/settlement"
@@ -174,14 +176,39 @@ func (s *Store) LogSwitch(ctx context.Context, e *SwitchEntry) error {
 	if !e.OccurredAt.IsZero() {
 		occurred = e.OccurredAt
 	}
-	err := s.pool.QueryRow(ctx, sqlLogSwitch, p.Int(), e.PayerProvince(), string(e.Op), e.CallerProvince,
+	args := []any{p.Int(), e.PayerProvince(), string(e.Op), e.CallerProvince,
 		e.TargetProvince, e.Key, e.ReversalOf, string(e.Outcome), e.Code, e.Detail, amount, e.Kind, e.PayerRegion,
 		e.PayeeProvince, e.PayeeRegion, occurred, e.RelationshipID, e.StartedAt, e.FinishedAt,
-		e.Latency().Microseconds()).Scan(&e.ID)
+		e.Latency().Microseconds()}
+	// The routed call's audit row (internal/auditlog) goes into the same
+	// statement as its switch log row: one round trip, one commit.
+	auditlog.SetOutcome(ctx, switchAuditOutcome(e))
+	audit := auditlog.Begin(ctx)
+	var err error
+	if audit == nil {
+		err = s.pool.QueryRow(ctx, sqlLogSwitch, args...).Scan(&e.ID)
+	} else {
+		asql, aargs := audit.Statement(len(args) + 1)
+		var outcome string
+		err = s.pool.QueryRow(ctx, `WITH s AS (`+sqlLogSwitch+`), a AS (`+asql+`) SELECT s.id, a.outcome FROM s, a`,
+			append(args, aargs...)...).Scan(&e.ID, &outcome)
+		audit.Wrote(outcome)
+		audit.End(err)
+	}
 	if err != nil {
 		return fmt.Errorf("log switch %s %s: %w", e.Op, e.Key, err)
 	}
 	return nil
+}
+
+// switchAuditOutcome is the audit outcome of a routed call: "ok" when the
+// target applied it (or replayed its first answer), else the switch log's
+// outcome and code ("refused: ResourceExhausted", "unavailable: NO_NODE").
+func switchAuditOutcome(e *SwitchEntry) string {
+	if e.Outcome == OutcomeApproved {
+		return auditlog.OutcomeOK
+	}
+	return strings.ToLower(string(e.Outcome)) + ": " + e.Code
 }
 
 const switchCols = `id, op, caller_province, target_province, key, reversal_of, outcome, code, detail,

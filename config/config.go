@@ -49,12 +49,34 @@ func EnvName(flag string) string {
 	return "GONGJI_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// operandAnnotation marks a flag that Operands made an operand.
+const operandAnnotation = "gongji_operand"
+
+// Operands marks flags of cmd as operands: they name what an operator command
+// acts on (a period, a province, an amount, an idempotency key, an output
+// folder), so BindEnv never takes them from the environment. Configuration —
+// where to connect, which certificates and keys, tuning — may come from the
+// environment; a GONGJI_PROVINCE meant for a province node's serve must not
+// silently scope `clearing export` to one province, nor a stray GONGJI_AMOUNT
+// move money. Panics on a name cmd does not have (a programming error).
+func Operands(cmd *cobra.Command, names ...string) {
+	for _, n := range names {
+		if err := cmd.Flags().SetAnnotation(n, operandAnnotation, []string{"true"}); err != nil {
+			panic(fmt.Sprintf("config.Operands: %s: %v", cmd.CommandPath(), err))
+		}
+	}
+}
+
 // BindEnv applies GONGJI_* environment variables to every flag of cmd that was
-// not given on the command line. Call it from PersistentPreRunE.
+// not given on the command line, except operands (see Operands). Call it from
+// PersistentPreRunE.
 func BindEnv(cmd *cobra.Command) error {
 	var err error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Changed {
+			return
+		}
+		if _, operand := f.Annotations[operandAnnotation]; operand {
 			return
 		}
 		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
@@ -67,4 +89,6 @@ func BindEnv(cmd *cobra.Command) error {
 }
 
 // EnvHelp is appended to each command's long help.
-const EnvHelp = "\nEvery flag can also be set from the environment: --some-flag as GONGJI_SOME_FLAG\n(the command line wins)."
+const EnvHelp = "\nEvery configuration flag can also be set from the environment: --some-flag as GONGJI_SOME_FLAG\n" +
+	"(the command line wins). Operands — what a command acts on: --period, --province, --amount, --key, --out,\n" +
+	"--journal-head, --national — are taken from the command line only."

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/shopspring/decimal"
+	"github.com/spf13/cobra"
 
 	"gongji/config"
 	"gongji/prepay"
@@ -32,4 +33,39 @@ func TestEnvName(t *testing.T) {
 	if got := config.EnvName("database-url"); got != "GONGJI_DATABASE_URL" {
 		t.Fatalf("EnvName = %s", got)
 	}
+}
+
+// TestBindEnvSkipsOperands: configuration comes from GONGJI_* variables, but
+// an operand (what a command acts on) never does, and the command line wins.
+func TestBindEnvSkipsOperands(t *testing.T) {
+	var dbURL, province, period string
+	cmd := &cobra.Command{Use: "export"}
+	cmd.Flags().StringVar(&dbURL, "database-url", "", "")
+	cmd.Flags().StringVar(&province, "province", "", "")
+	cmd.Flags().StringVar(&period, "period", "", "")
+	config.Operands(cmd, "province", "period")
+	t.Setenv("GONGJI_DATABASE_URL", "postgres://from-env")
+	t.Setenv("GONGJI_PROVINCE", "410000")
+	t.Setenv("GONGJI_PERIOD", "202610")
+	if err := cmd.ParseFlags([]string{"--period", "202611"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := config.BindEnv(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if dbURL != "postgres://from-env" {
+		t.Errorf("configuration flag not taken from the environment: %q", dbURL)
+	}
+	if province != "" {
+		t.Errorf("operand --province taken from GONGJI_PROVINCE: %q", province)
+	}
+	if period != "202611" {
+		t.Errorf("--period = %q, want the command line's 202611", period)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("Operands on an unknown flag did not panic")
+		}
+	}()
+	config.Operands(cmd, "no-such-flag")
 }

@@ -3,26 +3,26 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"gongji/internal/pgtest"
 	clearingv1 "gongji/proto/gen/gongji/clearing/v1"
 	provincev1 "gongji/proto/gen/gongji/province/v1"
 	"gongji/region"
 )
 
-// TestClearingKilledDuringSettlement SIGKILLs the clearing service at a
-// seeded random moment after an operator asked it to settle a closed period,
+// TestClearingKilledDuringSettlement SIGKILLs the clearing service while its
+// settle transaction is open half way (placed with a lock, see below),
 // restarts it, settles again, and checks that every province was drawn on
 // exactly once, the journal chain verifies and the export verifies.
 func TestClearingKilledDuringSettlement(t *testing.T) {
 	period, _ := region.ParsePeriod("202610")
 	const a, b = "440000", "410000"
 	f := startFederation(t, period, 5, []string{a, b})
-	rels := pair(t, f, period, a, b, 4)
+	rels := pair(t, f, a, b, 4)
 	ctx := context.Background()
 	for i := 0; i < 40; i++ {
 		key := fmt.Sprintf("S-%04d", i)
@@ -50,16 +50,33 @@ func TestClearingKilledDuringSettlement(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// Ask for settlement and kill the service a seeded moment later.
-	rng := rand.New(rand.NewPCG(9, 9))
+	// Ask for settlement and kill the service with its settle transaction
+	// open half way: the test holds the journal head, which settlement
+	// updates, and kills the service once pg_stat_activity shows the settle
+	// transaction waiting for it (placed like TestPostgresKilledDuringSettlement,
+	// not a timed guess). The dead client never sends COMMIT, so PostgreSQL
+	// rolls the transaction back when the lock is released.
+	lock := holdLock(ctx, t, f.DatabaseURL("clearing"), `SELECT 1 FROM journal_head WHERE singleton FOR UPDATE`)
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Admin().SettlePeriod(ctx, &clearingv1.PeriodRequest{Setlym: period.String()})
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		_, err := f.Admin().SettlePeriod(cctx, &clearingv1.PeriodRequest{Setlym: period.String()})
 		done <- err
 	}()
-	time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond) // where the kill lands, not synchronisation
+	clearingDB := dbName(t, f.DatabaseURL("clearing"))
+	adminURL := pgtest.Server(t).AdminURL()
+	waitFor(t, time.Minute, "the settle transaction to wait for the journal head", func() bool {
+		w, err := pgBackendWaiting(ctx, adminURL, clearingDB)
+		return err == nil && w
+	})
 	f.KillClearing()
-	t.Logf("first settle call ended with: %v", <-done)
+	lock.Close(context.Background())
+	firstErr := <-done
+	if firstErr == nil {
+		t.Fatal("the settle call succeeded although the service was killed with its transaction open")
+	}
+	t.Logf("first settle call, killed half way, ended with: %v", firstErr)
 	if err := f.RestartClearing(ctx, period.CutOff(120*time.Hour).Add(2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"gongji/clearingapi"
 	"gongji/clearingdb"
+	"gongji/internal/auditlog"
 	"gongji/internal/pgtest"
 	"gongji/internal/pii"
 	"gongji/internal/serve"
@@ -286,8 +287,14 @@ func startNode(t testing.TB, certs, province string, o nodeOptions) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Wired as cmd/provincenode does: every test runs with the audit trail.
+	rec, err := auditlog.New(auditlog.Options{DB: n.db.Pool, Log: n.log, Clock: n.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := serve.GRPCOptions(n.log, metrics, provinceapi.CallerName,
-		append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(own))))...)
+		append(append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(own)))),
+			provinceapi.AuditOptions(rec, n.svc)...)...)
 	srv := serve.NewServer(n.log, metrics, opts...)
 	provinceapi.Register(srv.GRPC, ps, peer)
 	lis := o.lis
@@ -488,6 +495,11 @@ func (c *clearing) serve(t testing.TB, lis net.Listener) {
 		t.Fatal(err)
 	}
 	extra := append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(reloader(t, c.certs, clearingID)))))
+	rec, err := auditlog.New(auditlog.Options{DB: c.db.Pool, Log: c.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra = append(extra, clearingapi.AuditOptions(rec)...)
 	if c.streamInt != nil {
 		extra = append(extra, grpc.ChainStreamInterceptor(c.streamInt))
 	}

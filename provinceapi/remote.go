@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"gongji/config"
+	"gongji/internal/auditlog"
 	"gongji/internal/tlsconf"
 	"gongji/money"
 	clearingv1 "gongji/proto/gen/gongji/clearing/v1"
@@ -72,6 +73,9 @@ func DialClearing(addr string, certs *tlsconf.Reloader, extra ...grpc.DialOption
 			},
 			MinConnectTimeout: config.RPCTimeout,
 		}),
+		// A call made for an audited request carries its request id, so the
+		// clearing service's and the other node's audit rows share it.
+		grpc.WithChainUnaryInterceptor(auditlog.UnaryClientInterceptor()),
 	}
 	cc, err := grpc.NewClient(addr, append(opts, extra...)...)
 	if err != nil {

@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"gongji/internal/auditlog"
 	"gongji/money"
 	"gongji/sharing"
 )
@@ -197,12 +198,18 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) e
 	}
 }
 
-func (s *Store) tryTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
+// tryTx is one attempt of inTx. When ctx carries an audited call
+// (internal/auditlog) whose row is not committed yet, the row is inserted
+// after fn's work and before COMMIT, so it commits or rolls back with the
+// change (auditOutcome says how the outcome of a stored refusal is found).
+func (s *Store) tryTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) (err error) {
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return err
 	}
+	audit := auditlog.Begin(ctx)
 	defer func() {
+		audit.End(err)
 		// Rollback after commit is a no-op. A cancelled ctx would make pgx
 		// close the connection instead of rolling back; give it its own.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -212,10 +219,23 @@ func (s *Store) tryTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) 
 	if err := fn(tx); err != nil {
 		return err
 	}
+	if err := audit.InsertOutcomeFrom(ctx, tx, auditOutcome[op]); err != nil {
+		return err
+	}
 	if s.beforeCommit != nil {
 		s.beforeCommit(ctx, op)
 	}
 	return tx.Commit(ctx)
+}
+
+// auditOutcome is, per operation of inTx, the SQL that finds the outcome of
+// a call from what its transaction stored, folded into the audit row's
+// INSERT (no extra round trip). Authorize stores a refused usage (R9: over
+// quota, relationship not active, sharer unable) as a row with its refusal,
+// and commits it: the audit row then says "refused: <REFUSAL>" instead of
+// "ok". The call's ref is the usage key (Spend and Debit name it so).
+var auditOutcome = map[string]string{
+	"authorize": `(SELECT 'refused: ' || refusal FROM usages WHERE usage_key = {ref} AND NOT approved)`,
 }
 
 // readTx runs fn in a read-only REPEATABLE READ transaction: one snapshot.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gongji/money"
 	"gongji/region"
@@ -208,8 +210,10 @@ func (c Config) ConfirmationDeadline(issuedAt time.Time) time.Time {
 // An answer exactly at the deadline is in time.
 // Errors: ErrAlreadyAnswered when status is not ISSUED; ErrWindowClosed when
 // a.At is after the deadline (the statement is deemed confirmed, see
-// ExpireStatement); ErrBadDispute for an empty or too long usage id or
-// reason, a claimed amount out of range, a repeated usage id, or too many items.
+// ExpireStatement); ErrBadDispute for a usage id that is not 1..64
+// printable ASCII characters, an empty or too long reason or one that is not
+// text (control characters, U+FFFD, invalid UTF-8), a claimed amount out of
+// range, a repeated usage id, or too many items.
 func (c Config) AnswerStatement(status StatementStatus, issuedAt time.Time, a Answer) (StatementStatus, error) {
 	if status != StatusIssued {
 		return status, fmt.Errorf("%w: status %s", ErrAlreadyAnswered, status)
@@ -226,18 +230,49 @@ func (c Config) AnswerStatement(status StatementStatus, issuedAt time.Time, a An
 	seen := make(map[string]bool, len(a.Disputes))
 	for i, d := range a.Disputes {
 		switch {
-		case d.UsageID == "" || len(d.UsageID) > UsageIDLenMax:
-			return status, fmt.Errorf("%w: item %d: usage id must have 1..%d characters", ErrBadDispute, i, UsageIDLenMax)
+		case !validUsageID(d.UsageID):
+			return status, fmt.Errorf("%w: item %d: usage id must have 1..%d printable ASCII characters", ErrBadDispute, i, UsageIDLenMax)
 		case seen[d.UsageID]:
 			return status, fmt.Errorf("%w: item %d: usage %s disputed twice", ErrBadDispute, i, d.UsageID)
 		case d.Reason == "" || len(d.Reason) > DisputeReasonLenMax:
 			return status, fmt.Errorf("%w: item %d: reason must have 1..%d bytes", ErrBadDispute, i, DisputeReasonLenMax)
+		case !validText(d.Reason):
+			return status, fmt.Errorf("%w: item %d: reason must be UTF-8 text without control characters", ErrBadDispute, i)
 		case !d.ClaimedAmount.InRange():
 			return status, fmt.Errorf("%w: item %d: claimed amount out of range", ErrBadDispute, i)
 		}
 		seen[d.UsageID] = true
 	}
 	return StatusDisputed, nil
+}
+
+// validUsageID: 1..UsageIDLenMax printable ASCII characters without spaces,
+// the form of every key a node makes (and all the database can compare).
+func validUsageID(s string) bool {
+	if s == "" || len(s) > UsageIDLenMax {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// validText: valid UTF-8 without control characters other than tab and
+// newline, and without U+FFFD (what a transport leaves of invalid bytes).
+// PostgreSQL text cannot hold NUL at all.
+func validText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\t' && r != '\n') {
+			return false
+		}
+	}
+	return true
 }
 
 // ExpireStatement returns DEEMED_CONFIRMED and true when a statement still

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"gongji/config"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -38,6 +39,7 @@ func certsCmd() *cobra.Command {
 	initCmd.Flags().StringVar(&out, "out", "", "directory to write the certificates to")
 	initCmd.Flags().DurationVar(&validity, "validity", 365*24*time.Hour, "validity of each leaf certificate")
 	initCmd.Flags().BoolVar(&force, "force", false, "replace every existing file, the CA included")
+	config.Operands(initCmd, "out", "force")
 	initCmd.Flags().StringSliceVar(&clearingHosts, "clearing-host", nil, "extra DNS name or IP for the clearing certificate (repeatable)")
 	initCmd.Flags().StringSliceVar(&provinceHosts, "province-host", nil, "extra DNS name or IP for every province certificate (repeatable)")
 	root.AddCommand(initCmd)

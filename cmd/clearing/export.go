@@ -71,6 +71,7 @@ func exportCmd() *cobra.Command {
 	fl.StringVar(&f.threshold, "prepay-threshold", config.PrepayWarningThreshold,
 		"the prepayment warning threshold the settlement used (as for clearing serve); prepay.csv's warning column\n"+
 			"is checked with it")
+	config.Operands(cmd, "period", "out", "province")
 	return cmd
 }
 
@@ -215,6 +216,7 @@ func verifyCmd() *cobra.Command {
 	fl.StringVar(&f.threshold, "warning-threshold", verify.DefaultWarningThreshold,
 		"the prepayment warning threshold the settlement used (prepay.csv's warning column)")
 	fl.StringVar(&f.national, "national", "", "for a province bundle: the national bundle of the same period to reconcile it with")
+	config.Operands(cmd, "journal-head", "national")
 	return cmd
 }
 

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"gongji/config"
+	"gongji/internal/auditlog"
 	"gongji/internal/clock"
 	"gongji/internal/fleet"
 	"gongji/internal/serve"
@@ -235,8 +236,15 @@ func runServe(parent context.Context, f serveFlags) error {
 		return err
 	}
 
+	// The audit trail (internal/auditlog): a row per state-changing call in
+	// this node's database, in the transaction of the change.
+	auditRec, err := auditlog.New(auditlog.Options{DB: pool, Log: log.Named("audit"), Clock: cfg.clock})
+	if err != nil {
+		return err
+	}
 	opts := serve.GRPCOptions(log, metrics, provinceapi.CallerName,
-		append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs))))...)
+		append(append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs)))),
+			provinceapi.AuditOptions(auditRec, svc)...)...)
 	srv := serve.NewServer(log, metrics, opts...)
 	provinceapi.Register(srv.GRPC, ps, peer)
 

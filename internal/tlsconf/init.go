@@ -142,11 +142,15 @@ func Init(dir string, opts InitOptions) error {
 		id    Identity
 		hosts []string
 	}
-	specs := []spec{{Identity{Kind: Clearing}, append([]string{"localhost", "127.0.0.1", "::1"}, opts.ClearingHosts...)}}
+	ids := []Identity{{Kind: Clearing}}
 	for _, code := range region.ProvinceCodes() {
-		specs = append(specs, spec{Identity{Kind: Province, Province: code}, append([]string{"localhost", "127.0.0.1"}, opts.ProvinceHosts...)})
+		ids = append(ids, Identity{Kind: Province, Province: code})
 	}
-	specs = append(specs, spec{Identity{Kind: Operator}, nil})
+	ids = append(ids, Identity{Kind: Operator})
+	specs := make([]spec, len(ids))
+	for i, id := range ids {
+		specs[i] = spec{id, initHosts(id, opts)}
+	}
 
 	type job struct {
 		leaf  *Leaf
@@ -188,6 +192,20 @@ func Init(dir string, opts InitOptions) error {
 		if err := j.leaf.WriteFiles(j.files.CertFile, j.files.KeyFile); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// initHosts are the SANs Init (and Reissue) give id's certificate: the
+// clearing service localhost, 127.0.0.1, ::1 and opts.ClearingHosts; a
+// province node localhost, 127.0.0.1 and opts.ProvinceHosts; an operator
+// none (it is a client only).
+func initHosts(id Identity, opts InitOptions) []string {
+	switch id.Kind {
+	case Clearing:
+		return append([]string{"localhost", "127.0.0.1", "::1"}, opts.ClearingHosts...)
+	case Province:
+		return append([]string{"localhost", "127.0.0.1"}, opts.ProvinceHosts...)
 	}
 	return nil
 }

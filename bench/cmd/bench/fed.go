@@ -17,6 +17,7 @@ import (
 
 	"gongji/clearingapi"
 	"gongji/clearingdb"
+	"gongji/internal/auditlog"
 	"gongji/internal/clock"
 	"gongji/internal/serve"
 	"gongji/internal/tlsconf"
@@ -148,8 +149,15 @@ func (r *run) startClearing(pool *pgxpool.Pool, nodes map[string]string, now clo
 	if err != nil {
 		return nil, err
 	}
+	// As in clearing serve: every state-changing call writes its audit row
+	// in the transaction of its change, so the figures include it.
+	auditRec, err := auditlog.New(auditlog.Options{DB: pool, Log: log, Clock: now})
+	if err != nil {
+		return nil, err
+	}
 	opts := serve.GRPCOptions(log, metrics, clearingapi.CallerName,
-		append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs))))...)
+		append(append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs)))),
+			clearingapi.AuditOptions(auditRec)...)...)
 	srv := serve.NewServer(log, metrics, opts...)
 	if err := (clearingapi.Services{Switch: sw, Reporting: rep}).Register(srv.GRPC); err != nil {
 		return nil, err
@@ -232,8 +240,13 @@ func (r *run) serveNode(n *provinceNode, now clock.Clock) error {
 	}
 	log := zap.NewNop()
 	metrics := serve.NewMetrics("provincenode")
+	auditRec, err := auditlog.New(auditlog.Options{DB: n.db.Pool, Log: log, Clock: now})
+	if err != nil {
+		return err
+	}
 	opts := serve.GRPCOptions(log, metrics, provinceapi.CallerName,
-		append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs))))...)
+		append(append(provinceapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs)))),
+			provinceapi.AuditOptions(auditRec, n.svc)...)...)
 	srv := serve.NewServer(log, metrics, opts...)
 	provinceapi.Register(srv.GRPC, ps, peer)
 	n.srv, err = runServer(srv, nil)
