@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"gongji/internal/serve"
 	"gongji/internal/tlsconf"
 	clearingv1 "gongji/proto/gen/gongji/clearing/v1"
 )
@@ -35,14 +36,14 @@ const (
 
 // ServerOptions are the clearing service's own gRPC server options: message
 // size limit, keepalive, and the codec that lets a request with invalid
-// UTF-8 reach validation (serverCodec). Pass them (with the TLS credentials)
+// UTF-8 reach validation (serve.ServerCodec). Pass them (with the TLS credentials)
 // to serve.GRPCOptions.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(RecvMsgBytesMax),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: serverKeepaliveTime, Timeout: serverKeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: clientPingIntervalMin, PermitWithoutStream: true}),
-		grpc.ForceServerCodecV2(newServerCodec()),
+		grpc.ForceServerCodecV2(serve.ServerCodec()),
 	}
 }
 

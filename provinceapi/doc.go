@@ -35,7 +35,7 @@
 //     usage_id at the clearing service). A reversal key must differ from the
 //     usage key it reverses: both are usage ids there.
 //   - Invalid UTF-8 in a request string is InvalidArgument naming the field,
-//     not Internal (serverCodec). Edge messages never quote the offending
+//     not Internal (serve.ServerCodec). Edge messages never quote the offending
 //     value, so a hostile value (an ID number in the wrong field) is never
 //     echoed into replies or call logs.
 //   - ChangeEnrollment is idempotent by change_key: the first answer is

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"gongji/internal/clock"
+	"gongji/internal/serve"
 	provincev1 "gongji/proto/gen/gongji/province/v1"
 	"gongji/sharing"
 )
@@ -33,14 +34,14 @@ const (
 
 // ServerOptions are a province node's own gRPC server options: message size
 // limit, keepalive compatible with the clearing service's client, and the
-// codec that lets a request with invalid UTF-8 reach validation (serverCodec).
+// codec that lets a request with invalid UTF-8 reach validation (serve.ServerCodec).
 // Pass them, with the TLS credentials, to serve.GRPCOptions.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(RecvMsgBytesMax),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: serverKeepaliveTime, Timeout: serverKeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: clientPingIntervalMin, PermitWithoutStream: true}),
-		grpc.ForceServerCodecV2(newServerCodec()),
+		grpc.ForceServerCodecV2(serve.ServerCodec()),
 	}
 }
 

@@ -1,4 +1,4 @@
-package provinceapi
+package serve
 
 import (
 	"errors"
@@ -15,27 +15,30 @@ import (
 	_ "google.golang.org/grpc/encoding/proto"
 )
 
-// sanitizeDepthMax bounds the nesting serverCodec walks (TigerStyle: a limit
-// on every loop). The deepest request of gongji.province.v1 nests three
-// levels; anything deeper is not one of ours and keeps its decode error.
+// sanitizeDepthMax bounds the nesting serverCodec walks (a limit on every
+// loop). The deepest request of gongji.clearing.v1 nests four levels (a
+// relayed proposal's party), of gongji.province.v1 three; the bound leaves
+// room, and anything deeper is not one of ours and keeps its decode error.
 const sanitizeDepthMax = 16
 
-// errTooDeep stops sanitizeUTF8 at sanitizeDepthMax.
-var errTooDeep = errors.New("provinceapi: message nested too deeply")
+var errTooDeep = errors.New("serve: message nested too deeply")
 
-// serverCodec is the gRPC "proto" codec of a province node's server with one
-// difference: a request whose only defect is invalid UTF-8 in a string field
-// is decoded with each invalid sequence replaced by U+FFFD, instead of
-// failing. grpc-go turns every decode error into codes.Internal before a
-// handler runs, so without this a hostile ID number or key made of invalid
-// bytes would look like a server bug; with it, the handler sees a string that
-// cannot pass its field's validation (every string field of the province API
-// is restricted to ASCII: codes, keys, amounts, refs, ID numbers) and answers
-// InvalidArgument naming the field. Nothing else is relaxed: malformed wire
-// data keeps its decode error.
+// serverCodec is the gRPC "proto" codec of gongji's servers (province nodes
+// and the clearing service) with one difference: a request whose only defect
+// is invalid UTF-8 in a string field is decoded with each invalid sequence
+// replaced by U+FFFD, instead of failing. grpc-go turns every decode error
+// into codes.Internal before a handler runs, so without this a hostile ID
+// number, key or code made of invalid bytes would look like a server bug.
+// With it, the handler sees a string that cannot pass its field's validation
+// (keys, codes, amounts, refs, ID numbers and periods are ASCII; a dispute's
+// free-text reason may not contain U+FFFD, settlement.AnswerStatement) and
+// answers InvalidArgument naming the field. Nothing else is relaxed:
+// malformed wire data keeps its decode error.
 type serverCodec struct{ base encoding.CodecV2 }
 
-func newServerCodec() serverCodec { return serverCodec{base: encoding.GetCodecV2("proto")} }
+// ServerCodec returns the codec both gongji servers force with
+// grpc.ForceServerCodecV2 (see the package's codec doc).
+func ServerCodec() encoding.CodecV2 { return serverCodec{base: encoding.GetCodecV2("proto")} }
 
 // Name is "proto": the codec serves the standard content-subtype.
 func (serverCodec) Name() string { return "proto" }
