@@ -22,6 +22,8 @@ import (
 	"gongji/clearingapi"
 	"gongji/clearingdb"
 	"gongji/config"
+	"gongji/console"
+	"gongji/internal/auditlog"
 	"gongji/internal/clock"
 	"gongji/internal/fleet"
 	"gongji/internal/serve"
@@ -33,11 +35,11 @@ import (
 
 // serveFlags are the flags of `clearing serve` (docs/cli.md is the contract).
 type serveFlags struct {
-	listen, metricsListen, databaseURL, certsDir, nodesFile, exportKeyFile, clockStart string
-	clockFrozen                                                                        bool
-	cutoffGrace, confirmWindow, rpcTimeout                                             time.Duration
-	prepayMultiple, prepayThreshold                                                    string
-	logFormat, logLevel, readyFile                                                     string
+	listen, metricsListen, consoleListen, databaseURL, certsDir, nodesFile, exportKeyFile, clockStart string
+	clockFrozen                                                                                       bool
+	cutoffGrace, confirmWindow, rpcTimeout                                                            time.Duration
+	prepayMultiple, prepayThreshold                                                                   string
+	logFormat, logLevel, readyFile                                                                    string
 }
 
 func serveCmd() *cobra.Command {
@@ -56,6 +58,9 @@ func serveCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:7400", "gRPC address to listen on (port 0: any free port, see --ready-file)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "", "HTTP address for /metrics and /healthz (empty: off)")
+	fl.StringVar(&f.consoleListen, "console-listen", "",
+		"HTTPS address of the read-only operator console (empty: off). Same certificates as the gRPC API: a client\n"+
+			"certificate is required; an operator certificate sees every province, a province certificate its own")
 	fl.StringVar(&f.databaseURL, "database-url", "", "PostgreSQL URL of the clearing database, migrated on start (required)")
 	fl.StringVar(&f.certsDir, "certs-dir", "certs", "directory made by clearing certs init: ca.pem, clearing.pem, clearing-key.pem")
 	fl.StringVar(&f.nodesFile, "nodes-file", "nodes.json", `JSON object of province code to node address, e.g. {"410000":"127.0.0.1:7501"}; re-read on SIGHUP`)
@@ -223,8 +228,36 @@ func runServe(parent context.Context, f serveFlags) error {
 	stmts.SetExport(exp)
 	services := clearingapi.Services{Switch: sw, Reporting: rep, Statement: stmts, Admin: admin}
 
+	// The operator console (optional): HTTPS with the same certificates and
+	// client-certificate check as the gRPC API, read-only, its live page
+	// sampling the registry /metrics serves.
+	var (
+		consoleLis net.Listener
+		con        *console.Server
+	)
+	if f.consoleListen != "" {
+		con, err = console.New(console.Options{
+			Store: store, ExportKey: cfg.exportKey, WarningThreshold: cfg.prepay.WarningThreshold,
+			Gatherer: metrics.Registry, Clock: cfg.clock, Log: log.Named("console"),
+		})
+		if err != nil {
+			return err
+		}
+		if consoleLis, err = net.Listen("tcp", f.consoleListen); err != nil {
+			return fmt.Errorf("console listen %s: %w", f.consoleListen, err)
+		}
+		defer consoleLis.Close()
+	}
+
+	// The audit trail (internal/auditlog): a row per state-changing call in
+	// the clearing database, in the transaction of the change.
+	auditRec, err := auditlog.New(auditlog.Options{DB: pool, Log: log.Named("audit"), Clock: cfg.clock})
+	if err != nil {
+		return err
+	}
 	opts := serve.GRPCOptions(log, metrics, clearingapi.CallerName,
-		append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs))))...)
+		append(append(clearingapi.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsconf.ServerConfig(certs)))),
+			clearingapi.AuditOptions(auditRec)...)...)
 	srv := serve.NewServer(log, metrics, opts...)
 	if err := services.Register(srv.GRPC); err != nil {
 		return err
@@ -233,6 +266,22 @@ func runServe(parent context.Context, f serveFlags) error {
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", f.listen, err)
+	}
+	if con != nil {
+		// A console that stops serving stops the service (its error is
+		// returned), as a gRPC or metrics listener failure does.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		done := make(chan struct{})
+		defer func() { cancel(nil); <-done }()
+		go func() {
+			defer close(done)
+			if err := con.Run(ctx, consoleLis, tlsconf.ServerConfig(certs), config.ShutdownGrace); err != nil {
+				log.Error("console stopped", zap.Error(err))
+				cancel(err)
+			}
+		}()
+		log.Info("console listening", zap.String("addr", "https://"+consoleLis.Addr().String()+"/"))
 	}
 	if err := fleet.WriteReadyFile(f.readyFile, lis.Addr().String()); err != nil {
 		_ = lis.Close()
@@ -246,5 +295,11 @@ func runServe(parent context.Context, f serveFlags) error {
 		<-ctx.Done()
 		rep.Shutdown()
 	}()
-	return srv.Run(ctx, lis, f.metricsListen, config.ShutdownGrace)
+	if err := srv.Run(ctx, lis, f.metricsListen, config.ShutdownGrace); err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -66,7 +67,7 @@ type Federation struct {
 	clearing  *fleet.Proc
 	clearArgs []string
 	nodes     map[string]*fleet.Proc
-	addrs     map[string]string // province -> node address; "clearing" -> clearing
+	addrs     map[string]string // province -> node address; "clearing" -> clearing; "console" -> its HTTPS console
 	dbs       map[string]string // province or "clearing" -> database URL
 
 	conns []*grpc.ClientConn
@@ -167,6 +168,9 @@ func Start(ctx context.Context, o Options) (f *Federation, err error) {
 	if f.addrs["clearing"], err = freePort(); err != nil {
 		return f, err
 	}
+	if f.addrs["console"], err = freePort(); err != nil {
+		return f, err
+	}
 	nodes := map[string]string{}
 	for _, c := range o.Provinces {
 		if nodes[c], err = freePort(); err != nil {
@@ -185,6 +189,8 @@ func Start(ctx context.Context, o Options) (f *Federation, err error) {
 	f.clearArgs = []string{"serve", "--listen", f.addrs["clearing"], "--database-url", f.dbs["clearing"],
 		"--certs-dir", f.certs, "--nodes-file", nodesFile, "--export-key-file", f.exportKey,
 		"--cutoff-grace", o.CutOffGrace.String(), "--log-format", "json", "--log-level", o.LogLevel,
+		// The read-only operator console (HTTPS, operator or province client certificate).
+		"--console-listen", f.addrs["console"],
 		// A frozen clearing clock makes the journal (and journal_head) reproducible.
 		"--clock-frozen"}
 	// A port picked free can be taken by another process before the server
@@ -203,7 +209,11 @@ func Start(ctx context.Context, o Options) (f *Federation, err error) {
 		if f.addrs["clearing"], err = freePort(); err != nil {
 			return f, err
 		}
+		if f.addrs["console"], err = freePort(); err != nil {
+			return f, err
+		}
 		f.clearArgs[2] = f.addrs["clearing"]
+		f.clearArgs[slices.Index(f.clearArgs, "--console-listen")+1] = f.addrs["console"]
 	}
 	o.Logf("starting %d province nodes", len(o.Provinces))
 	var wg sync.WaitGroup
@@ -333,6 +343,10 @@ func (f *Federation) Clearing() *fleet.Proc { return f.clearing }
 // Addr is the gRPC address of a node or "clearing".
 func (f *Federation) Addr(node string) string { return f.addrs[node] }
 
+// ConsoleAddr is the address of the clearing service's operator console
+// (HTTPS; a client certificate is required: see Endpoints()["console"]).
+func (f *Federation) ConsoleAddr() string { return f.addrs["console"] }
+
 // CertsDir, ExportKeyFile and LogsDir locate the federation's files.
 func (f *Federation) CertsDir() string      { return f.certs }
 func (f *Federation) ExportKeyFile() string { return f.exportKey }
@@ -388,11 +402,13 @@ type Endpoint struct {
 }
 
 // Endpoints lists every server with the certificate a user should present:
-// the operator's for the clearing service, the province's own for its node.
+// the operator's for the clearing service and its console ("console", an
+// HTTPS address), the province's own for its node.
 func (f *Federation) Endpoints() map[string]Endpoint {
 	eps := map[string]Endpoint{}
 	op := tlsconf.FilesFor(f.certs, tlsconf.Identity{Kind: tlsconf.Operator})
 	eps["clearing"] = Endpoint{Addr: f.addrs["clearing"], Cert: op.CertFile, Key: op.KeyFile, CA: op.CAFile}
+	eps["console"] = Endpoint{Addr: f.addrs["console"], Cert: op.CertFile, Key: op.KeyFile, CA: op.CAFile}
 	for _, c := range f.o.Provinces {
 		fl := tlsconf.FilesFor(f.certs, tlsconf.Identity{Kind: tlsconf.Province, Province: c})
 		eps[c] = Endpoint{Addr: f.addrs[c], Cert: fl.CertFile, Key: fl.KeyFile, CA: fl.CAFile}
