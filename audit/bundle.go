@@ -128,7 +128,7 @@ func WriteBundle(ctx context.Context, dir string, src Source) (Manifest, error) 
 	files := map[string]FileSum{}
 	steps := []func() error{
 		func() error {
-			s, err := writeFile(ctx, stage, usageCodec, &meta, src.Usages, raw, ctl.usage)
+			s, err := writeFile(ctx, stage, usageCodec, &meta, src.Usages, raw, ctl.usage, ctl.usageFacts)
 			files[FileUsages] = s
 			if err == nil {
 				err = ctl.endUsages()
@@ -136,27 +136,27 @@ func WriteBundle(ctx context.Context, dir string, src Source) (Manifest, error) 
 			return err
 		},
 		func() error {
-			s, err := writeFile(ctx, stage, grossCodec, &meta, src.Gross, raw, ctl.grossRow)
+			s, err := writeFile(ctx, stage, grossCodec, &meta, src.Gross, raw, ctl.grossRow, nil)
 			files[FileGross] = s
 			return then(err, func() error { return end(grossCodec, ctl.gross, &ctl.next) })
 		},
 		func() error {
-			s, err := writeFile(ctx, stage, positionCodec, &meta, src.Positions, raw, ctl.positionRow)
+			s, err := writeFile(ctx, stage, positionCodec, &meta, src.Positions, raw, ctl.positionRow, nil)
 			files[FilePositions] = s
 			return then(err, func() error { return end(positionCodec, ctl.pos, &ctl.next) })
 		},
 		func() error {
-			s, err := writeFile(ctx, stage, allocationCodec, &meta, src.Allocation, raw, ctl.allocationRow)
+			s, err := writeFile(ctx, stage, allocationCodec, &meta, src.Allocation, raw, ctl.allocationRow, nil)
 			files[FileAllocation] = s
 			return then(err, func() error { return end(allocationCodec, ctl.alloc, &ctl.next) })
 		},
 		func() error {
-			s, err := writeFile(ctx, stage, instructionCodec, &meta, src.Instructions, raw, ctl.instructionRow)
+			s, err := writeFile(ctx, stage, instructionCodec, &meta, src.Instructions, raw, ctl.instructionRow, nil)
 			files[FileInstructions] = s
 			return then(err, func() error { return end(instructionCodec, ctl.instr, &ctl.next) })
 		},
 		func() error {
-			s, err := writeFile(ctx, stage, prepayCodec, &meta, src.Prepay, raw, ctl.prepayRow)
+			s, err := writeFile(ctx, stage, prepayCodec, &meta, src.Prepay, raw, ctl.prepayRow, nil)
 			files[FilePrepay] = s
 			return then(err, ctl.endPrepay)
 		},
@@ -230,7 +230,7 @@ func checkTarget(dir string) error {
 }
 
 func writeFile[R any](ctx context.Context, dir string, c *codec[R], m *Meta,
-	rows func(context.Context, func(R) error) error, raw RawSource, onRow func(*R) error) (FileSum, error) {
+	rows func(context.Context, func(R) error) error, raw RawSource, onRow func(*R) error, onFacts func(*usageFacts)) (FileSum, error) {
 	f, err := os.OpenFile(filepath.Join(dir, c.file), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return FileSum{}, err
@@ -238,6 +238,7 @@ func writeFile[R any](ctx context.Context, dir string, c *codec[R], m *Meta,
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 256<<10)
 	e := newEmitter(ctx, c, m, bw, onRow)
+	e.onFacts = onFacts
 	done := false
 	if raw != nil {
 		rc, err := raw.RawCSV(ctx, c.file)

@@ -18,6 +18,9 @@ type codec[R any] struct {
 	decode func(f []string) (R, error) // f has len(header) fields
 	check  func(r *R, m *Meta) error
 	cmp    func(a, b *R) int // key order; 0 means a duplicate key
+	// rawFast, when set, may take a raw line instead of the general path
+	// (fast.go): true when it wrote the line.
+	rawFast func(e *emitter[R], line []byte) (bool, error)
 }
 
 var usageCodec = &codec[UsageRow]{
@@ -48,8 +51,9 @@ var usageCodec = &codec[UsageRow]{
 		}
 		return r, nil
 	},
-	check: (*UsageRow).check,
-	cmp:   func(a, b *UsageRow) int { return strings.Compare(a.UsageID, b.UsageID) },
+	check:   (*UsageRow).check,
+	cmp:     func(a, b *UsageRow) int { return strings.Compare(a.UsageID, b.UsageID) },
+	rawFast: usageRawFast,
 }
 
 var grossCodec = &codec[GrossRow]{

@@ -11,15 +11,17 @@ import (
 
 // controls recomputes, from the usages streamed so far, what every derived
 // file must say, and compares the source's rows with it as they are written.
-// Memory is bounded by the code lists: at most 32×31 province pairs and 387
-// regions.
+// Memory is bounded by the code lists: 32×32 province pairs and 387 regions,
+// summed as integer fen (fenSum) by code index.
 type controls struct {
 	m       *Meta
 	usages  int64
-	total   money.Yuan
-	pair    map[[2]string]money.Yuan // (payer, payee) province
-	regRecv map[string]money.Yuan    // by payee_region; every region seen has a key
-	regPay  map[string]money.Yuan    // by payer_region; every region seen has a key
+	total   money.Yuan // set by endUsages
+	sum     fenSum
+	pair    []fenSum // payer province index × len(provinces) + payee province index
+	regRecv []fenSum // by payee_region index
+	regPay  []fenSum // by payer_region index
+	regSeen []bool   // region appeared as payer_region or payee_region
 
 	net   map[string]money.Yuan
 	gross []GrossRow
@@ -30,46 +32,74 @@ type controls struct {
 }
 
 func newControls(m *Meta) *controls {
-	return &controls{m: m, pair: map[[2]string]money.Yuan{},
-		regRecv: map[string]money.Yuan{}, regPay: map[string]money.Yuan{}}
+	np, nr := len(region.Provinces()), len(regCodes)
+	return &controls{m: m, pair: make([]fenSum, np*np),
+		regRecv: make([]fenSum, nr), regPay: make([]fenSum, nr), regSeen: make([]bool, nr)}
 }
 
+// usage adds a row that passed the row rules (so its codes are known).
 func (c *controls) usage(r *UsageRow) error {
+	pp, ok1 := provIdx[r.PayerProvince]
+	ep, ok2 := provIdx[r.PayeeProvince]
+	pr, ok3 := regIdx[r.PayerRegion]
+	er, ok4 := regIdx[r.PayeeRegion]
+	if !ok1 || !ok2 || !ok3 || !ok4 { // cannot happen after check
+		return fmt.Errorf("%w: unknown code in usage %s", ErrControl, r.UsageID)
+	}
+	if f, ok := fenOf(r.Amount); ok {
+		c.usageFacts(&usageFacts{fen: f, payerProv: pp, payeeProv: ep, payerReg: pr, payeeReg: er})
+		return nil
+	}
 	c.usages++
-	c.total = c.total.Add(r.Amount)
-	k := [2]string{r.PayerProvince, r.PayeeProvince}
-	c.pair[k] = c.pair[k].Add(r.Amount)
-	c.regRecv[r.PayeeRegion] = c.regRecv[r.PayeeRegion].Add(r.Amount)
-	c.regPay[r.PayeeRegion] = c.regPay[r.PayeeRegion]
-	c.regPay[r.PayerRegion] = c.regPay[r.PayerRegion].Add(r.Amount)
-	c.regRecv[r.PayerRegion] = c.regRecv[r.PayerRegion]
+	c.sum.add(r.Amount)
+	c.pair[pp*len(provIdx)+ep].add(r.Amount)
+	c.regRecv[er].add(r.Amount)
+	c.regPay[pr].add(r.Amount)
+	c.regSeen[er], c.regSeen[pr] = true, true
 	return nil
+}
+
+// usageFacts adds a row of the fast path.
+func (c *controls) usageFacts(u *usageFacts) {
+	c.usages++
+	c.sum.addFen(u.fen)
+	c.pair[u.payerProv*len(provIdx)+u.payeeProv].addFen(u.fen)
+	c.regRecv[u.payeeReg].addFen(u.fen)
+	c.regPay[u.payerReg].addFen(u.fen)
+	c.regSeen[u.payeeReg], c.regSeen[u.payerReg] = true, true
 }
 
 // endUsages compares the usages with the source's control totals and derives
 // the expected rows of the other files.
 func (c *controls) endUsages() error {
+	c.total = c.sum.yuan()
 	if c.usages != c.m.Totals.Usages || !c.total.Equal(c.m.Totals.Gross) {
 		return fmt.Errorf("%w: %s has %d rows summing to %s, the source's totals say %d rows and %s",
 			ErrControl, FileUsages, c.usages, c.total, c.m.Totals.Usages, c.m.Totals.Gross)
 	}
-	recv, pay := map[string]money.Yuan{}, map[string]money.Yuan{}
-	for k, a := range c.pair {
-		pay[k[0]] = pay[k[0]].Add(a)
-		recv[k[1]] = recv[k[1]].Add(a)
-		if !a.IsZero() {
-			c.gross = append(c.gross, GrossRow{PayerProvince: k[0], PayeeProvince: k[1], Amount: a})
+	provs := region.Provinces()
+	np := len(provs)
+	recv, pay := make([]money.Yuan, np), make([]money.Yuan, np)
+	for k := range c.pair {
+		a := c.pair[k].yuan()
+		if a.IsZero() {
+			continue
 		}
+		pp, ep := k/np, k%np
+		pay[pp] = pay[pp].Add(a)
+		recv[ep] = recv[ep].Add(a)
+		c.gross = append(c.gross, GrossRow{PayerProvince: provs[pp].Code, PayeeProvince: provs[ep].Code, Amount: a})
 	}
 	slices.SortFunc(c.gross, func(a, b GrossRow) int { return grossCodec.cmp(&a, &b) })
 
 	c.net = map[string]money.Yuan{}
 	netSum := money.Zero
-	for _, p := range region.ProvinceCodes() {
-		n := recv[p].Sub(pay[p])
+	for i, pr := range provs {
+		p := pr.Code
+		n := recv[i].Sub(pay[i])
 		c.net[p] = n
 		netSum = netSum.Add(n)
-		c.pos = append(c.pos, PositionRow{ProvinceCode: p, Receivable: recv[p], Payable: pay[p], Net: n})
+		c.pos = append(c.pos, PositionRow{ProvinceCode: p, Receivable: recv[i], Payable: pay[i], Net: n})
 		switch {
 		case n.IsNegative():
 			c.instr = append(c.instr, InstructionRow{TierNational, p, region.NationalCentre, n.Neg()})
@@ -80,19 +110,19 @@ func (c *controls) endUsages() error {
 	if !netSum.IsZero() { // cannot happen: every pair adds to one receivable and one payable
 		return fmt.Errorf("%w: nets sum to %s", ErrControl, netSum)
 	}
-	for code, rec := range c.regRecv {
-		reg, err := region.ParseRegion(code)
-		if err != nil { // rows were checked before they got here
-			return fmt.Errorf("%w: %v", ErrControl, err)
+	for ri, code := range regCodes {
+		if !c.regSeen[ri] {
+			continue
 		}
-		p := c.regPay[code]
+		prov := provs[regProv[ri]].Code
+		rec, p := c.regRecv[ri].yuan(), c.regPay[ri].yuan()
 		n := rec.Sub(p)
-		c.alloc = append(c.alloc, AllocationRow{ProvinceCode: reg.ProvinceCode, RegionCode: code, Receivable: rec, Payable: p, Net: n})
+		c.alloc = append(c.alloc, AllocationRow{ProvinceCode: prov, RegionCode: code, Receivable: rec, Payable: p, Net: n})
 		switch {
 		case n.IsNegative():
-			c.instr = append(c.instr, InstructionRow{TierProvince, code, reg.ProvinceCode, n.Neg()})
+			c.instr = append(c.instr, InstructionRow{TierProvince, code, prov, n.Neg()})
 		case n.IsPositive():
-			c.instr = append(c.instr, InstructionRow{TierProvince, reg.ProvinceCode, code, n})
+			c.instr = append(c.instr, InstructionRow{TierProvince, prov, code, n})
 		}
 	}
 	slices.SortFunc(c.alloc, func(a, b AllocationRow) int { return allocationCodec.cmp(&a, &b) })

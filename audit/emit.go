@@ -38,10 +38,21 @@ type emitter[R any] struct {
 	buf     []byte
 	onRow   func(*R) error
 	err     error // first write error
+
+	// The fast path of raw usages lines (fast.go): fu is set for usages.csv;
+	// onFacts mirrors onRow for a line that never became a UsageRow; after
+	// such a line prev is stale and prevRaw holds the line instead.
+	fu        *fastUsage
+	onFacts   func(*usageFacts)
+	prevRaw   []byte
+	prevIsRaw bool
 }
 
 func newEmitter[R any](ctx context.Context, c *codec[R], m *Meta, w io.Writer, onRow func(*R) error) *emitter[R] {
 	e := &emitter[R]{ctx: ctx, c: c, meta: m, w: w, h: sha256.New(), onRow: onRow}
+	if c.rawFast != nil {
+		e.fu = newFastUsage(m)
+	}
 	e.write(appendLine(nil, c.header))
 	return e
 }
@@ -67,6 +78,11 @@ func (e *emitter[R]) rowErr(column string, err error) error {
 func (e *emitter[R]) add(r *R, raw []byte) error {
 	if e.rows%1024 == 0 {
 		if err := e.ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if e.prevIsRaw {
+		if err := e.restorePrev(); err != nil {
 			return err
 		}
 	}
@@ -112,8 +128,36 @@ func firstDiffColumn(header []string, raw []byte, canon []string) string {
 	return ""
 }
 
+// restorePrev decodes prevRaw, the last row written by the fast path, into
+// prev for the general path.
+func (e *emitter[R]) restorePrev() error {
+	f, err := splitLine(e.prevRaw[:len(e.prevRaw)-1], nil)
+	if err == nil && len(f) != len(e.c.header) {
+		err = fmt.Errorf("%d fields", len(f))
+	}
+	var r R
+	if err == nil {
+		r, err = e.c.decode(f)
+	}
+	if err != nil { // cannot happen: the fast path accepted the line
+		return fmt.Errorf("audit: %s: previous line %q: %w", e.c.file, e.prevRaw, err)
+	}
+	e.prev, e.prevIsRaw = r, false
+	return nil
+}
+
 // addRaw parses one raw line (with its "\n") and adds it.
 func (e *emitter[R]) addRaw(line []byte) error {
+	if e.c.rawFast != nil {
+		if e.rows%1024 == 0 {
+			if err := e.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if done, err := e.c.rawFast(e, line); done || err != nil {
+			return err
+		}
+	}
 	body := line[:len(line)-1]
 	if bytes.IndexByte(body, '\r') >= 0 {
 		return e.rowErr("", fmt.Errorf("%w: carriage return in line (want \\n line ends)", ErrNotCanonical))

@@ -5,7 +5,7 @@ package audit
 // birth date and a valid check character) standing alone, i.e. not inside a
 // longer run of letters and digits. Bundles carry keyed pseudonyms only; the
 // writer refuses any id field for which this is true.
-func looksLikeIDNumber(s string) bool {
+func looksLikeIDNumber[T string | []byte](s T) bool {
 	for i := 0; i+18 <= len(s); i++ {
 		if i > 0 && isAlnum(s[i-1]) {
 			continue
@@ -28,7 +28,7 @@ var idWeights = [17]int{7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2}
 
 // validIDNumber checks an 18-character candidate: digits, birth date
 // (positions 7-14, years 1900-2099) and the ISO 7064 MOD 11-2 check character.
-func validIDNumber(s string) bool {
+func validIDNumber[T string | []byte](s T) bool {
 	if len(s) != 18 {
 		return false
 	}

@@ -162,7 +162,13 @@ const (
 	timeShape = "0000-00-00T00:00:00+08:00"
 )
 
-func fmtAmount(y money.Yuan) string { return y.String() }
+func fmtAmount(y money.Yuan) string {
+	if f, ok := fenOf(y); ok {
+		var b [24]byte
+		return string(appendFen(b[:0], f))
+	}
+	return y.String()
+}
 
 func fmtBool(b bool) string {
 	if b {

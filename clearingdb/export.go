@@ -1,7 +1,6 @@
 package clearingdb
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -33,17 +32,21 @@ import (
 // can show it. The key therefore never leaves this process, and usages.csv
 // has two paths, both producing the same bytes (TestExportCopyAndTypedPaths):
 //
-//   - typed (Usages): pgx streams the rows, package audit formats them. This
-//     is what WriteBundle uses for the national bundle: BenchmarkExport
-//     measured it the fastest of the three ways with flat memory (1 M rows,
-//     contended 2-core machine: 85–86 k rows/s against 72–79 k for COPY,
-//     10.2–10.8 against 11.0–11.7 µs of Go CPU per row; peak RSS growth
-//     4–10 MiB at 100 k and at 1 M rows for every path), because the writer
-//     must re-parse and compare every pre-formatted line.
 //   - COPY (CopyCSV): COPY (SELECT …) TO STDOUT formats every column in the
-//     canonical form of audit/doc.go, and only the last two fields of each
-//     line are rewritten in Go (pseudonymizer). audit.WriteRawCSV, which a
-//     province bundle is written with, takes pre-formatted lines only.
+//     canonical form of audit/doc.go — the same work as a bare COPY of the
+//     rows — and only the last two fields of each line are rewritten in Go
+//     (pseudonymizer, one keyed HMAC reset per value), in the COPY's own
+//     goroutine. This is what WriteBundle uses for every file of the national
+//     and the province bundles (RawCSV): package audit checks each line once,
+//     in one pass over its bytes (audit/fast.go), while the COPY and the
+//     pseudonyms run on. BenchmarkExport and make bench measured ≈ 2 µs of Go
+//     CPU per row, against 10–13 µs for the typed path as it was, with flat
+//     memory; the export keeps pace with the bare COPY (bench/README.md).
+//   - typed (Usages): pgx scans native columns into audit.UsageRow and
+//     package audit checks and formats them. It is the audit.Source method
+//     (for any reader of typed rows) and the cross-check of the COPY path;
+//     each row costs several times the Go CPU of a COPY line (scanning into
+//     Go values, money parsing, formatting again).
 //
 // The derived files come with COPY from the period's result tables, frozen at
 // close (period_gross, period_positions, period_allocation,
@@ -262,22 +265,18 @@ func copyStatement(sel string) string {
 
 // ---- raw rows (COPY) -----------------------------------------------------------
 
-// RawCSV is the audit.RawSource of WriteBundle: the derived files' bodies
-// from CopyCSV, and audit.ErrNoRaw for usages.csv, so that the writer takes
-// the typed Usages rows, which BenchmarkExport measured faster than
-// re-checking COPY lines (see the comment at the top of this file).
+// RawCSV is the audit.RawSource of WriteBundle: every file's body from
+// CopyCSV, usages.csv included (the fastest path, see the comment at the top
+// of this file); the writer checks every line.
 func (x *ExportSource) RawCSV(ctx context.Context, file string) (io.ReadCloser, error) {
-	if file == audit.FileUsages {
-		return nil, audit.ErrNoRaw
-	}
 	return x.CopyCSV(ctx, file)
 }
 
 // CopyCSV streams the body of one bundle file (no header, canonical form of
-// audit/doc.go) with COPY … TO STDOUT on a connection of its own, through an
-// io.Pipe: the COPY runs only as fast as the caller reads, so memory does not
-// grow with the rows. For usages.csv the last two fields of every line are
-// rewritten to the keyed pseudonyms. Close ends the COPY (if still running),
+// audit/doc.go) with COPY … TO STDOUT on a connection of its own, through a
+// bounded queue (chunkPipe): the COPY runs at most ≈ 1 MiB ahead of the
+// caller, so memory does not grow with the rows. For usages.csv the last two
+// fields of every line are rewritten to the keyed pseudonyms. Close ends the COPY (if still running),
 // releases the connection and returns once both are done. Errors while
 // streaming (wrapping ErrExportFormat for a malformed stored person_ref)
 // surface from Read. Errors: an unknown file; database errors acquiring a
@@ -296,7 +295,7 @@ func (x *ExportSource) CopyCSV(ctx context.Context, file string) (io.ReadCloser,
 
 // copyReader is the read end of a running COPY.
 type copyReader struct {
-	*io.PipeReader
+	*chunkPipe
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -304,14 +303,15 @@ type copyReader struct {
 // Close stops the COPY if it is still running and waits until its goroutine
 // has released the connection.
 func (r *copyReader) Close() error {
-	_ = r.PipeReader.Close() // a COPY still writing fails at once
+	r.closeRead() // a COPY still writing fails at once
 	r.cancel()
 	<-r.done
 	return nil
 }
 
 // startCopy runs sql (a COPY … TO STDOUT) on its own connection and returns
-// the read end of a pipe its output is written to, through wrap when not nil.
+// the read end of a chunkPipe its output is written to, through wrap when not
+// nil.
 func startCopy(ctx context.Context, pool *pgxpool.Pool, sql string, wrap func(io.Writer) io.Writer) (io.ReadCloser, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -322,29 +322,25 @@ func startCopy(ctx context.Context, pool *pgxpool.Pool, sql string, wrap func(io
 		return nil, fmt.Errorf("export: client_encoding is %q, the bundle is UTF-8", enc)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	r := &copyReader{PipeReader: pr, cancel: cancel, done: make(chan struct{})}
+	p := newChunkPipe()
+	r := &copyReader{chunkPipe: p, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		defer conn.Release()
-		bw := bufio.NewWriterSize(pw, 64<<10)
-		var w io.Writer = bw
+		var w io.Writer = p
 		var z *pseudonymizer
 		if wrap != nil {
-			w = wrap(bw)
+			w = wrap(p)
 			z, _ = w.(*pseudonymizer)
 		}
 		_, err := conn.Conn().PgConn().CopyTo(ctx, w, sql)
 		if err == nil && z != nil {
 			err = z.finish()
 		}
-		if err == nil {
-			err = bw.Flush()
-		}
 		if err != nil {
 			err = fmt.Errorf("export COPY: %w", err)
 		}
-		_ = pw.CloseWithError(err) // nil: the reader sees io.EOF
+		p.closeWrite(err) // nil: the reader sees io.EOF after the last byte
 	}()
 	return r, nil
 }
@@ -356,14 +352,14 @@ func startCopy(ctx context.Context, pool *pgxpool.Pool, sql string, wrap func(io
 // usage ids included, passes through byte for byte. Memory: one line.
 type pseudonymizer struct {
 	w       io.Writer
-	key     audit.PseudonymKey
+	hmac    *audit.Pseudonymizer
 	partial []byte // the start of a line split across writes
 	out     []byte
 	line    int64
 }
 
 func newPseudonymizer(w io.Writer, key audit.PseudonymKey) *pseudonymizer {
-	return &pseudonymizer{w: w, key: key}
+	return &pseudonymizer{w: w, hmac: audit.NewPseudonymizer(key)}
 }
 
 // Write accepts any split of the stream (PostgreSQL sends one CopyData
@@ -417,9 +413,9 @@ func (z *pseudonymizer) rewrite(line []byte) error {
 			ErrExportFormat, z.line, refLenMax)
 	}
 	z.out = append(z.out[:0], line[:i+1]...)
-	z.out = append(z.out, audit.Pseudonym(z.key, string(sharer))...)
+	z.out = z.hmac.Append(z.out, sharer)
 	z.out = append(z.out, ',')
-	z.out = append(z.out, audit.Pseudonym(z.key, string(beneficiary))...)
+	z.out = z.hmac.Append(z.out, beneficiary)
 	z.out = append(z.out, '\n')
 	_, err := z.w.Write(z.out)
 	return err
@@ -429,13 +425,23 @@ func validRefBytes(b []byte) bool {
 	if len(b) == 0 || len(b) > refLenMax {
 		return false
 	}
+	// Branch-free: a per-character branch mispredicts on random refs.
+	var bad byte
 	for _, c := range b {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c == '-') {
-			return false
+		bad |= notRefChar[c]
+	}
+	return bad == 0
+}
+
+// notRefChar[c] is 1 unless c is in [0-9A-Za-z_-].
+var notRefChar = func() (t [256]byte) {
+	for i := range t {
+		if !(i >= '0' && i <= '9' || i >= 'a' && i <= 'z' || i >= 'A' && i <= 'Z' || i == '_' || i == '-') {
+			t[i] = 1
 		}
 	}
-	return true
-}
+	return t
+}()
 
 // ---- typed rows ------------------------------------------------------------------
 
@@ -448,7 +454,8 @@ const sqlExportUsages = `SELECT usage_id, setlym, entry_type, kind, payer_provin
 	ORDER BY usage_id COLLATE "C"`
 
 // Usages streams usages.csv rows in usage_id order with the keyed
-// pseudonyms (the typed path, which WriteBundle uses). Memory: one row.
+// pseudonyms (the typed path; WriteBundle takes the COPY path). Memory: one
+// row.
 func (x *ExportSource) Usages(ctx context.Context, fn func(audit.UsageRow) error) error {
 	rows, err := x.pool.Query(ctx, sqlExportUsages, x.period.Int(), x.province)
 	if err != nil {
@@ -460,6 +467,8 @@ func (x *ExportSource) Usages(ctx context.Context, fn func(audit.UsageRow) error
 		ym               int32
 		entry, kind, amt string
 		sharer, benef    string
+		z                = audit.NewPseudonymizer(x.key)
+		buf              []byte
 	)
 	for rows.Next() {
 		if err := rows.Scan(&r.UsageID, &ym, &entry, &kind, &r.PayerProvince, &r.PayerRegion,
@@ -477,7 +486,10 @@ func (x *ExportSource) Usages(ctx context.Context, fn func(audit.UsageRow) error
 		if !validRef(sharer) || !validRef(benef) {
 			return fmt.Errorf("%w: usage %s: stored person_ref is malformed", ErrExportFormat, r.UsageID)
 		}
-		r.SharerRef, r.BeneficiaryRef = audit.Pseudonym(x.key, sharer), audit.Pseudonym(x.key, benef)
+		buf = z.Append(buf[:0], []byte(sharer))
+		r.SharerRef = string(buf)
+		buf = z.Append(buf[:0], []byte(benef))
+		r.BeneficiaryRef = string(buf)
 		if err := fn(r); err != nil {
 			return err
 		}
