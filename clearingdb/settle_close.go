@@ -30,7 +30,9 @@ const closeWorkMem = "64MB"
 // signed sum. Its output has at most 32 × 31 + 2 × 387 rows whatever the
 // number of usages, so the only statement whose cost grows with the period is
 // sqlCloseSums, and it costs about what a bare GROUP BY over the same rows
-// does (BenchmarkClose). close_sums is a temporary table dropped at the end
+// does (BenchmarkClose); on a large partition the same aggregate runs in
+// parallel over block ranges and their partial sums are added up
+// (settle_close_split.go). close_sums is a temporary table dropped at the end
 // of the close's transaction: no WAL, nothing to clean up after a crash.
 //
 // close_sums.g is GROUPING(payer_province, payee_province, payer_region,
@@ -113,7 +115,9 @@ const (
 //     its row, so what follows reads a fixed set of rows.
 //  2. In one transaction (all or nothing): aggregate the period's usages
 //     partition in one pass (GROUPING SETS by province pair, payer region and
-//     payee region, into a temporary table) and derive the gross matrix, the
+//     payee region, into a temporary table; on a large partition in parallel
+//     block ranges read on connections sharing this transaction's snapshot,
+//     see closeSumsSplit) and derive the gross matrix, the
 //     positions of all 32 provinces, the region allocation and both
 //     instruction tiers from it with set operations in SQL;
 //     record every usage still reported by one side as a ONE_SIDED exception
@@ -254,9 +258,20 @@ func (s *Store) finishClose(ctx context.Context, tx pgx.Tx, p region.Period, now
 	if _, err := tx.Exec(ctx, sqlCloseSumsTable); err != nil {
 		return fmt.Errorf("close %s: %w", p, err)
 	}
+	splits, pages, err := closeSplits(ctx, tx, p)
+	if err != nil {
+		return err
+	}
 	codes := region.ProvinceCodes()
 	b := &pgx.Batch{}
-	b.Queue(sqlCloseSums, p.Int())
+	if splits > 1 {
+		if err := s.closeSumsSplit(ctx, tx, p, splits, pages); err != nil {
+			return err
+		}
+		b.Queue(sqlCloseSumsMerge)
+	} else {
+		b.Queue(sqlCloseSums, p.Int())
+	}
 	b.Queue(sqlCloseGross, p.Int())
 	b.Queue(sqlClosePositions, p.Int(), codes)
 	b.Queue(sqlCloseAllocation, p.Int())

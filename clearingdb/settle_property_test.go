@@ -70,6 +70,9 @@ func TestPropertyCloseSettleMatchesDomain(t *testing.T) {
 			first = fmt.Sprintf(format, args...)
 			rt.Fatal(first)
 		}
+		// The close's aggregate in 1–4 block ranges (settle_close_split.go);
+		// drawn before anything is written.
+		splits := rapid.IntRange(1, 4).Draw(rt, "closeSplits")
 		p = p.Next()
 		at := p.Start().Add(12 * 3600e9)
 
@@ -108,7 +111,7 @@ func TestPropertyCloseSettleMatchesDomain(t *testing.T) {
 
 		rows := opGenRows(rt)
 		opCopyRows(rt, b, p, rows, at)
-		if _, err := b.store.ClosePeriod(b.ctx, p, opAfterCutOff(p)); err != nil {
+		if _, err := b.store.ClosePeriod(clearingdb.WithCloseSplits(b.ctx, splits), p, opAfterCutOff(p)); err != nil {
 			fail("close %s: %v", p, err)
 		}
 		res, err := b.store.PeriodResult(b.ctx, p) // runs CheckResult
