@@ -396,6 +396,60 @@ func (s *Store) LookupUsage(ctx context.Context, key string, hash []byte) (shari
 	return res, found, translate("lookup usage", err)
 }
 
+// PrepareUsage implements sharing.Store. One round trip (a pipelined batch,
+// one implicit transaction, so the three reads see one snapshot): the answer
+// under key, the relationship, and its beneficiary joined through it.
+func (s *Store) PrepareUsage(ctx context.Context, key string, hash []byte, relationshipID string, withBeneficiary bool) (sharing.UsagePrep, error) {
+	var (
+		out       sharing.UsagePrep
+		stored    usageRow
+		storedErr error
+		r         relRow
+		relErr    error
+		ben       sharing.Person
+		benErr    error
+	)
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+usageCols+` FROM usages WHERE usage_key = $1`, key).QueryRow(func(row pgx.Row) error {
+		stored, storedErr = scanUsage(row)
+		return nil
+	})
+	b.Queue(`SELECT `+relCols+` FROM relationships WHERE id = $1`, relationshipID).QueryRow(func(row pgx.Row) error {
+		r, relErr = scanRel(row)
+		return nil
+	})
+	if withBeneficiary {
+		b.Queue(`SELECT `+personColsP+` FROM relationships r JOIN persons p ON p.person_ref = r.beneficiary_ref WHERE r.id = $1`,
+			relationshipID).QueryRow(func(row pgx.Row) error {
+			ben, benErr = scanPerson(row)
+			return nil
+		})
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return out, translate("prepare usage", err)
+	}
+	switch {
+	case storedErr == nil:
+		res, err := replayUsage(stored, key, hash)
+		out.Found, out.Answer = err == nil, res
+		return out, translate("prepare usage", err)
+	case !errors.Is(storedErr, pgx.ErrNoRows):
+		return out, translate("prepare usage", storedErr)
+	case errors.Is(relErr, pgx.ErrNoRows):
+		return out, fmt.Errorf("relationship %s: %w", relationshipID, sharing.ErrNotFound)
+	case relErr != nil:
+		return out, translate("prepare usage", relErr)
+	}
+	out.Relationship = r.Relationship
+	switch {
+	case withBeneficiary && benErr == nil:
+		out.Beneficiary = &ben
+	case withBeneficiary && !errors.Is(benErr, pgx.ErrNoRows):
+		return out, translate("prepare usage", benErr)
+	}
+	return out, nil
+}
+
 // LookupReversal implements sharing.Store. One statement.
 func (s *Store) LookupReversal(ctx context.Context, key string, hash []byte) (sharing.ReversalResult, bool, error) {
 	res, found, err := lookupReversal(ctx, s.pool, key, hash)

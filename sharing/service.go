@@ -421,22 +421,21 @@ func (s *Service) Spend(ctx context.Context, req UsageRequest) (UsageResult, err
 	if err := s.checkOccurred(req.OccurredAt, now); err != nil {
 		return UsageResult{}, err
 	}
-	if res, found, err := s.store.LookupUsage(ctx, req.Key, req.Hash()); err != nil || found {
-		return answer(res, err)
+	// One round trip: a recorded answer, else the relationship and its beneficiary.
+	prep, err := s.store.PrepareUsage(ctx, req.Key, req.Hash(), req.RelationshipID, true)
+	if err != nil || prep.Found {
+		return answer(prep.Answer, err)
 	}
-	rel, err := s.store.GetRelationship(ctx, req.RelationshipID)
-	if err != nil {
-		return UsageResult{}, err
-	}
+	rel := prep.Relationship
 	if rel.BeneficiaryProvince != s.cfg.Province {
 		return UsageResult{}, fmt.Errorf("%w: the beneficiary of %s is in %s", ErrWrongProvince, rel.ID, rel.BeneficiaryProvince)
 	}
 	if req.BeneficiaryRef != "" && req.BeneficiaryRef != rel.BeneficiaryRef {
 		return UsageResult{}, fieldErrf("beneficiary_ref", "is not the beneficiary of %s", rel.ID)
 	}
-	ben, err := s.store.GetPerson(ctx, rel.BeneficiaryRef)
-	if err != nil {
-		return UsageResult{}, err
+	ben := prep.Beneficiary
+	if ben == nil {
+		return UsageResult{}, fmt.Errorf("person %s: %w", rel.BeneficiaryRef, ErrNotFound)
 	}
 	if err := ben.CanBenefit(req.Kind); err != nil {
 		return UsageResult{}, err
@@ -492,13 +491,11 @@ func (s *Service) Debit(ctx context.Context, req UsageRequest) (UsageResult, err
 	if err := s.checkOccurred(req.OccurredAt, now); err != nil {
 		return UsageResult{}, err
 	}
-	if res, found, err := s.store.LookupUsage(ctx, req.Key, req.Hash()); err != nil || found {
-		return res, err
+	prep, err := s.store.PrepareUsage(ctx, req.Key, req.Hash(), req.RelationshipID, false)
+	if err != nil || prep.Found {
+		return prep.Answer, err
 	}
-	rel, err := s.store.GetRelationship(ctx, req.RelationshipID)
-	if err != nil {
-		return UsageResult{}, err
-	}
+	rel := prep.Relationship
 	if rel.SharerProvince != s.cfg.Province {
 		return UsageResult{}, fmt.Errorf("%w: %s is not the authority of %s", ErrWrongProvince, s.cfg.Province, rel.ID)
 	}

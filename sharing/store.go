@@ -100,6 +100,13 @@ type Store interface {
 	// approved or refused, with found=false when the key is unknown here.
 	// ErrKeyReused when the stored request hash differs from hash.
 	LookupUsage(ctx context.Context, key string, hash []byte) (res UsageResult, found bool, err error)
+	// PrepareUsage reads, in one round trip, what Service.Spend and
+	// Service.Debit decide on before the authorising transaction: the answer
+	// recorded under key (Found; ErrKeyReused when the stored request hash
+	// differs from hash) and, when there is none, the relationship and —
+	// with withBeneficiary — its beneficiary as a person of this node (nil
+	// when not registered here). ErrNotFound (relationship).
+	PrepareUsage(ctx context.Context, key string, hash []byte, relationshipID string, withBeneficiary bool) (UsagePrep, error)
 	// LookupReversal is LookupUsage for reversal keys.
 	LookupReversal(ctx context.Context, key string, hash []byte) (res ReversalResult, found bool, err error)
 	// GetReversal returns a reversal recorded here. ErrNotFound.
@@ -110,6 +117,15 @@ type Store interface {
 	// CheckConservation verifies the journal and the rules' money invariants
 	// (see Service.CheckConservation). ErrConservation with a description.
 	CheckConservation(ctx context.Context) error
+}
+
+// UsagePrep is what Store.PrepareUsage read: a recorded answer (Found), or
+// the relationship and perhaps its beneficiary.
+type UsagePrep struct {
+	Found        bool
+	Answer       UsageResult
+	Relationship Relationship
+	Beneficiary  *Person // nil when not asked for or not a person of this node
 }
 
 // OutboxKind is what an outbox row reports.
