@@ -46,7 +46,7 @@ func TestPrepareUsage(t *testing.T) {
 	if err != nil || !prep.Found || !prep.Answer.Approved || !prep.Answer.Replayed || prep.Answer.Usage.Key != req.Key {
 		t.Errorf("used key: %+v, %v", prep, err)
 	}
-	over := spendReq(rel, sharing.KindMedical, "90.00", clk.Now()) // 60.00 left
+	over := spendReq(rel, sharing.KindMedical, "90.00", clk.Now())      // 60.00 left
 	if res, err := n.svc.Spend(ctx, over); err == nil || res.Approved { // a refusal comes with its error
 		t.Fatalf("spend over quota: %+v, %v", res, err)
 	}
