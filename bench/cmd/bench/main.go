@@ -82,8 +82,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.authSatClients, "auth-sat-clients", 64, "authorisation: closed-loop clients of the throughput ratio")
 	fs.DurationVar(&c.authSatTime, "auth-sat-duration", 10*time.Second, "authorisation: duration of each closed-loop throughput run")
 
-	settle := fs.String("settle-sizes", "1000000,2000000,4000000", "settlement: usages in the closed period, one fresh database each (linearity needs ≥ 2)")
-	export := fs.String("export-sizes", "1000000,4000000", "export: usages in the exported period (each must also be a settle size, else it gets its own fixture)")
+	settle := fs.String("settle-sizes", "1000000,5000000,10000000", "settlement: usages in the closed period, one fresh database each (linearity needs ≥ 2)")
+	export := fs.String("export-sizes", "1000000,10000000", "export: usages in the exported period (each must also be a settle size, else it gets its own fixture)")
 
 	fs.IntVar(&c.nodeClients, "node-clients", 32, "province node: concurrent clients spending locally")
 	fs.DurationVar(&c.nodeDuration, "node-duration", 15*time.Second, "province node: duration of each closed-loop run")
