@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -91,14 +92,15 @@ func biHostile(t testing.TB, kind string) []string {
 	if !optional {
 		common = append(common, "")
 	}
-	if kind != "key" {
-		// An ID number typed into the wrong field must be refused, and not
-		// echoed (it is a valid key: printable ASCII).
-		common = append(common, biIDNumber(t, "410105", "19800101", "777"))
-	}
+	// An ID number typed into the wrong field must be refused, and not
+	// echoed. Keys are no exception: they are logged, stored and exported
+	// in clear, so a key never carries an ID number, whole or within.
+	id := biIDNumber(t, "410105", "19800101", "777")
+	common = append(common, id)
 	switch kind {
 	case "key":
-		return append(common, strings.Repeat("k", 65), "two words", "ключ", "a\x00b", "tab\tkey")
+		return append(common, strings.Repeat("k", 65), "two words", "ключ", "a\x00b", "tab\tkey",
+			"k-"+id, id+"-1", "u:"+biIDNumber(t, "110101", "19900101", "123")+":2026")
 	case "relid":
 		return append(common, "R"+strings.Repeat("A", 24), "X"+strings.Repeat("a", 24), "R"+strings.Repeat("a", 25),
 			"R"+strings.Repeat("a", 23), "R"+strings.Repeat("g", 24), "two words")
@@ -123,7 +125,7 @@ func biHostile(t testing.TB, kind string) []string {
 	case "region-hn": // a pooling region of Henan
 		return append(common, "999999", regionOf(t, beijing), "410000", "41010", "4101000", "abcdef")
 	case "ingest-ref": // a reported ref: 1..64 of [0-9A-Za-z_-], never an ID number
-		return append(common, strings.Repeat("a", 65), "two words", "a.b", "ключ")
+		return append(common, strings.Repeat("a", 65), "two words", "a.b", "ключ", "ref_"+id, id+"_x")
 	case "ref": // a person_ref: 32 lowercase hex
 		return append(common, strings.Repeat("A", 32), strings.Repeat("a", 31), strings.Repeat("a", 33),
 			strings.Repeat("g", 32), "two words")
@@ -924,6 +926,40 @@ func TestBadInput(t *testing.T) {
 		}
 		if ack, ok := out.(*clearingv1.ReportAck); ok && err == nil && len(ack.GetRejected()) > 0 {
 			t.Errorf("base record of %s rejected: %s", c.method, ack.GetRejected()[0].GetReason())
+		}
+	}
+	// Hostile ID numbers went into every field, keys included, and the
+	// rejected records were kept: no table holds one in clear.
+	biNoIDNumbers(t, f.db.Pool)
+}
+
+// biNoIDNumbers fails if any row of any table of the database (the audit
+// trail, report_rejects' jsonb records and switch_log included), as text,
+// has an 18-character window that is a valid GB 11643 number.
+func biNoIDNumbers(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT t::text FROM %q t`, tb))
+		if err != nil {
+			t.Fatalf("%s: %v", tb, err)
+		}
+		texts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatalf("%s: %v", tb, err)
+		}
+		for _, row := range texts {
+			if pii.ContainsID(row) {
+				t.Errorf("table %s holds an ID number in clear: %.300s", tb, row)
+			}
 		}
 	}
 }

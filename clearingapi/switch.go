@@ -564,8 +564,17 @@ func (c *edgeCheck) failf(field, format string, a ...any) {
 	c.fail(field + ": " + fmt.Sprintf(format, a...))
 }
 
-// switchKeyOK: 1..n printable ASCII characters without space, as the clearing
-// database and the province nodes require of every key.
+// switchKeyOK: 1..n printable ASCII characters without space, and no GB
+// 11643 identity number in it (pii.ContainsID), as the clearing database and
+// the province nodes require of every key.
+//
+// Keys (usage, reversal, command and proposal keys, relationship ids,
+// movement, answer and resolution keys) are opaque identifiers chosen by a
+// caller. The switch logs them (switch_log), the clearing database stores
+// them, and a usage key is the usage_id of usages.csv: all in clear. A key
+// containing an ID number is therefore refused at the edge with the field's
+// usual InvalidArgument, before anything is routed or written; masking it
+// instead would break the idempotency the key exists for.
 func switchKeyOK(s string, n int) bool {
 	if s == "" || len(s) > n {
 		return false
@@ -575,12 +584,12 @@ func switchKeyOK(s string, n int) bool {
 			return false
 		}
 	}
-	return true
+	return !pii.ContainsID(s)
 }
 
 func (c *edgeCheck) key(field, v string, n int) {
 	if !switchKeyOK(v, n) {
-		c.failf(field, "must be 1 to %d printable ASCII characters without spaces", n)
+		c.failf(field, "must be 1 to %d printable ASCII characters without spaces, and contain no ID number", n)
 	}
 }
 

@@ -290,6 +290,10 @@ const (
 			reject, @now
 		FROM clearing_ingest_stage WHERE status = 'conflict'`
 
+	// A record refused at the edge brings its JSON (raw), with every ID
+	// number masked (storable); a conflicting record passed every check of
+	// the edge, keys and refs included (validKey, validRef: no ID number),
+	// so the row rebuilt from its staged columns holds none either.
 	sqlRejects = `INSERT INTO report_rejects (province, seq, usage_id, reason, record, received_at)
 		SELECT @province, seq, coalesce(usage_id, ''), reject,
 			CASE WHEN raw IS NOT NULL THEN raw::jsonb ELSE jsonb_build_object(

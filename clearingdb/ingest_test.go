@@ -1,13 +1,18 @@
 package clearingdb_test
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"gongji/clearingdb"
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/settlement"
 )
@@ -397,5 +402,133 @@ func TestPayerCorrectsPayeeClaimedProvince(t *testing.T) {
 	if err != nil || len(exc) != 2 || exc[0].Field != "payer_province" || exc[0].PayerValue != bj ||
 		exc[0].PayeeValue != gd || !slices.Equal(exc[0].Provinces, []string{bj, sh, gd}) {
 		t.Fatalf("exceptions = %+v, %v", exc, err)
+	}
+}
+
+// idNumber builds a valid GB 11643 number (address, birth date, sequence).
+func idNumber(t *testing.T, addr, birth, seq string) string {
+	t.Helper()
+	c, err := pii.CheckDigit(addr + birth + seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr + birth + seq + string(c)
+}
+
+// TestRejectedRecordsMaskIDNumbers: a record refused at ingest is kept in
+// report_rejects, but an ID number a node put into any of its text fields
+// (a key, a ref, a code, an amount, the kinds — the reason quotes some of
+// those) is stored masked: no column of any report_rejects row, the jsonb
+// record included, has a window that pii.Validate accepts. Keys and refs
+// containing one are refused like malformed ones. The records are still
+// rejected and acknowledged as before, a replay is a duplicate, and a
+// conflicting record (stored from its staged, validated columns) has none
+// either.
+func TestRejectedRecordsMaskIDNumbers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id := idNumber(t, "110105", "19800101", "777")
+	id2 := idNumber(t, "310101", "19991231", "042")
+	good, _ := pair(t, "G", bj, sh, "10.00", t0)
+	cases := map[string]func(r *clearingdb.Record){
+		"usage key is an ID number":       func(r *clearingdb.Record) { r.UsageKey = id },
+		"usage key contains an ID number": func(r *clearingdb.Record) { r.UsageKey = "u-" + id + "-" + id2 },
+		"reversal of an ID number":        func(r *clearingdb.Record) { r.Kind, r.ReversalOf = clearingdb.RecordReversal, "rv-"+id },
+		"relationship id with an ID":      func(r *clearingdb.Record) { r.RelationshipID = "R" + id },
+		"sharer ref with an ID":           func(r *clearingdb.Record) { r.SharerRef = "s_" + id },
+		"beneficiary ref is an ID":        func(r *clearingdb.Record) { r.BeneficiaryRef = id },
+		"usage kind is an ID number":      func(r *clearingdb.Record) { r.UsageKind = id },
+		"record kind is an ID number":     func(r *clearingdb.Record) { r.Kind = clearingdb.RecordKind(id) },
+		"role is an ID number":            func(r *clearingdb.Record) { r.Role = clearingdb.Role("x" + id) },
+		"payer region is an ID number":    func(r *clearingdb.Record) { r.PayerRegion = id },
+		"payee province is an ID number":  func(r *clearingdb.Record) { r.PayeeProvince = id },
+		"amount is an ID number":          func(r *clearingdb.Record) { r.Amount = id },
+		"ID numbers everywhere, NUL too":  func(r *clearingdb.Record) { r.UsageKey, r.Amount, r.SharerRef = id+"\x00", id2, id },
+		"relationship snapshot with an ID": func(r *clearingdb.Record) {
+			r.Kind = clearingdb.RecordRelationship
+			r.Relationship = &clearingdb.RelationshipChange{RelationshipID: "R" + id2, Version: 1, Status: id, SharerProvince: bj, BeneficiaryProvince: sh, ChangedAt: t0}
+		},
+	}
+	var recs []clearingdb.Record
+	seq := int64(0)
+	for _, f := range cases {
+		r := good
+		seq++
+		r.Seq = seq
+		r.UsageKey = fmt.Sprintf("bad-%d", seq)
+		f(&r)
+		recs = append(recs, r)
+	}
+	good.Seq = 100
+	recs = append(recs, good)
+	ack := ingest(t, b, bj, t0, recs...)
+	if ack.Stored != 1 || ack.Duplicates != 0 || len(ack.Rejected) != len(cases) || len(ack.Seqs) != len(cases)+1 {
+		t.Fatalf("ack: stored %d dups %d rejected %d of %d (%+v)", ack.Stored, ack.Duplicates, len(ack.Rejected), len(cases), ack.Rejected)
+	}
+	for _, rj := range ack.Rejected {
+		if pii.ContainsID(rj.Reason) {
+			t.Errorf("the rejection of seq %d quotes an ID number: %q", rj.Seq, rj.Reason)
+		}
+	}
+	// A replay of the batch: every record a duplicate, nothing rejected again.
+	if again := ingest(t, b, bj, t0, recs...); again.Duplicates != int64(len(recs)) || len(again.Rejected) != 0 || again.Stored != 0 {
+		t.Fatalf("replayed batch: %+v", again)
+	}
+	// A conflicting report (same key and side, another payload): rejected
+	// through the staged rows.
+	conflict := good
+	conflict.Seq, conflict.Amount = 200, "11.00"
+	if ack := ingest(t, b, bj, t0, conflict); len(ack.Rejected) != 1 || ack.Rejected[0].Seq != 200 {
+		t.Fatalf("conflict: %+v", ack)
+	}
+
+	rows, err := b.db.Pool.Query(b.ctx, `SELECT seq, usage_id, reason, record::text, t::text FROM report_rejects t WHERE province = $1 ORDER BY seq`, bj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type reject struct {
+		seq                           int64
+		usageID, reason, record, full string
+	}
+	var stored []reject
+	var r reject
+	if _, err := pgx.ForEachRow(rows, []any{&r.seq, &r.usageID, &r.reason, &r.record, &r.full}, func() error {
+		stored = append(stored, r)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != len(cases)+1 {
+		t.Fatalf("%d rejects stored, want %d", len(stored), len(cases)+1)
+	}
+	masked := 0
+	for _, r := range stored {
+		for what, s := range map[string]string{"usage_id": r.usageID, "reason": r.reason, "record": r.record, "row": r.full} {
+			if pii.ContainsID(s) {
+				t.Errorf("seq %d: %s holds an ID number in clear: %s", r.seq, what, s)
+			}
+		}
+		if strings.Contains(r.record, pii.Mask(id)) || strings.Contains(r.record, pii.Mask(id2)) {
+			masked++
+		}
+	}
+	// Every case put an ID number into a text field: the record keeps it masked.
+	if masked != len(cases) {
+		t.Errorf("%d of %d rejected records show the masked number", masked, len(cases))
+	}
+	// The record is what the node sent, masked: its other fields are intact.
+	var rec map[string]any
+	for _, r := range stored {
+		if r.seq == 200 {
+			if err := json.Unmarshal([]byte(r.record), &rec); err != nil || rec["Amount"] != "11.00" || rec["UsageKey"] != "G" {
+				t.Errorf("conflicting record stored as %s (%v)", r.record, err)
+			}
+		}
+		if r.usageID == pii.Mask(id) && !strings.Contains(r.record, `"UsageKey": "`+pii.Mask(id)+`"`) {
+			t.Errorf("seq %d: usage_id %s but record %s", r.seq, r.usageID, r.record)
+		}
+	}
+	if u, err := b.store.GetUsage(b.ctx, "G"); err != nil || u.Amount.String() != "10.00" {
+		t.Fatalf("the valid record: %+v, %v", u, err)
 	}
 }

@@ -66,7 +66,7 @@ func validateMovement(m PrepayMovement) error {
 		return fmt.Errorf("%w: %s must be > 0 and within NUMERIC(18,2)", prepay.ErrBadAmount, m.Amount)
 	}
 	if !validKey(m.Key, keyLenMax) {
-		return fmt.Errorf("%w: movement key must be 1..%d printable ASCII characters without spaces", ErrBadKey, keyLenMax)
+		return fmt.Errorf("%w: movement key must be 1..%d printable ASCII characters without spaces, containing no ID number", ErrBadKey, keyLenMax)
 	}
 	return nil
 }

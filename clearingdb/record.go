@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 	"gongji/settlement"
@@ -138,7 +139,18 @@ type stageRow struct {
 	needsAssignment bool   // a cleared row: its period must be assigned and locked
 }
 
-// validKey: 1..n printable ASCII characters without space.
+// validKey: 1..n printable ASCII characters without space, and no GB 11643
+// identity number anywhere in it (pii.ContainsID).
+//
+// Every key the clearing database takes from a caller — usage and reversal
+// keys and relationship ids of reports, statement answer keys, disputed and
+// resolved usage ids, resolution keys, prepay movement keys, switch log keys
+// — is an opaque identifier stored, logged and (usage ids) exported in
+// usages.csv as it is. A key containing an ID number is refused like any
+// malformed key, before anything is written (a report record carrying one is
+// rejected, stored masked in report_rejects and acknowledged): there is no
+// reason to ever put an ID number into a key, and a masked key would no
+// longer name what it names.
 func validKey(s string, n int) bool {
 	if s == "" || len(s) > n {
 		return false
@@ -148,15 +160,19 @@ func validKey(s string, n int) bool {
 			return false
 		}
 	}
-	return true
+	return !pii.ContainsID(s)
 }
 
-// validRef: 1..64 characters of [0-9A-Za-z_-], and not an ID number: only
+// validRef: 1..64 characters of [0-9A-Za-z_-], not shaped like an ID number,
+// and containing none unless it has the exact person_ref form: only
 // pseudonyms leave a province (docs/architecture.md, "Identity and personal
 // data"), so a citizen identity number in a ref field is refused before it
-// could be stored, exported or logged.
+// could be stored, exported or logged. A person_ref (32 lowercase hex, an
+// HMAC) is accepted whatever digits it holds: about one in 10^6 has a run
+// of 18 digits that reads as a valid number by chance, and refusing it
+// would refuse every usage of a real person.
 func validRef(s string) bool {
-	if s == "" || len(s) > refLenMax || looksLikeIDNumber(s) {
+	if s == "" || len(s) > refLenMax || looksLikeIDNumber(s) || (!pii.IsRef(s) && pii.ContainsID(s)) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -213,14 +229,19 @@ func codeText(code string) string {
 	return code
 }
 
-// storable replaces NUL and invalid UTF-8 with U+FFFD: PostgreSQL text and
-// jsonb hold neither.
+// storable replaces NUL and invalid UTF-8 with U+FFFD (PostgreSQL text and
+// jsonb hold neither), then masks every GB 11643 identity number
+// (pii.MaskAll): a record refused at ingest is kept for the province's
+// support staff, and an ID number a node typed into one of its text fields
+// (a key, a ref, a code, an amount) must not be stored in clear. Masking
+// rather than refusing, because losing the rejected record would leave
+// support staff nothing to work with; the record is rejected anyway.
 func storable(s string) string {
-	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", "\uFFFD"), "\uFFFD")
+	return pii.MaskAll(strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", "\uFFFD"), "\uFFFD"))
 }
 
 // storableRecordJSON is a rejected record as report_rejects keeps it: every
-// text field storable.
+// text field storable (valid text, ID numbers masked).
 type storableRecordJSON struct {
 	Seq                                       int64
 	Kind, Role, UsageKey, ReversalOf          string
@@ -253,10 +274,13 @@ func validateRecord(caller string, r *Record, now time.Time, skewMax time.Durati
 	row := stageRow{seq: r.Seq, recKind: string(r.Kind), role: string(r.Role), usageID: r.UsageKey}
 	if reason := fillRow(caller, r, now, skewMax, &row); reason != "" {
 		// A rejected record is stored as it came (report_rejects), but text
-		// columns cannot hold NUL or invalid UTF-8: those become U+FFFD.
+		// columns cannot hold NUL or invalid UTF-8 (those become U+FFFD),
+		// and every ID number in it is masked (storable), in the record,
+		// its usage_id column and the reason alike. The reason is also
+		// the acknowledgement's: the same masked text goes back to the node.
 		st := statusInvalid
 		clean := storableRecord(*r)
-		row = stageRow{seq: r.Seq, status: &st, recKind: clean.Kind, role: clean.Role, reject: reason}
+		row = stageRow{seq: r.Seq, status: &st, recKind: clean.Kind, role: clean.Role, reject: storable(reason)}
 		if len(clean.UsageKey) <= keyLenMax {
 			row.usageID = clean.UsageKey
 		}
@@ -279,11 +303,11 @@ func fillRow(caller string, r *Record, now time.Time, skewMax time.Duration, row
 		return fmt.Sprintf("unknown record kind %q", r.Kind)
 	}
 	if !validKey(r.UsageKey, keyLenMax) {
-		return fmt.Sprintf("usage key must be 1..%d printable ASCII characters", keyLenMax)
+		return fmt.Sprintf("usage key must be 1..%d printable ASCII characters, containing no ID number", keyLenMax)
 	}
 	if r.Kind == RecordReversal {
 		if !validKey(r.ReversalOf, keyLenMax) || r.ReversalOf == r.UsageKey {
-			return "a reversal must name the usage it reverses (reversal_of)"
+			return "a reversal must name the usage it reverses (reversal_of: a key containing no ID number)"
 		}
 		rev := r.ReversalOf
 		row.reversalOf = &rev
@@ -330,7 +354,7 @@ func fillRow(caller string, r *Record, now time.Time, skewMax time.Duration, row
 	}
 	row.sharerRef, row.beneficiaryRef = r.SharerRef, r.BeneficiaryRef
 	if r.RelationshipID != "" && !validKey(r.RelationshipID, keyLenMax) {
-		return fmt.Sprintf("relationship_id must be at most %d printable ASCII characters", keyLenMax)
+		return fmt.Sprintf("relationship_id must be at most %d printable ASCII characters, containing no ID number", keyLenMax)
 	}
 	row.relationshipID = r.RelationshipID
 	cross := r.PayerProvince != r.PayeeProvince
@@ -367,7 +391,7 @@ func fillRelationship(caller string, r *Record, now time.Time, skewMax time.Dura
 		return "a RELATIONSHIP record needs the relationship"
 	}
 	if !validKey(c.RelationshipID, keyLenMax) {
-		return fmt.Sprintf("relationship id must be 1..%d printable ASCII characters", keyLenMax)
+		return fmt.Sprintf("relationship id must be 1..%d printable ASCII characters, containing no ID number", keyLenMax)
 	}
 	if r.RelationshipID != "" && r.RelationshipID != c.RelationshipID {
 		return "relationship_id differs from the relationship's id"

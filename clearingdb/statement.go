@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"gongji/internal/auditlog"
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/prepay"
 	"gongji/region"
@@ -190,16 +190,30 @@ func (s *Store) ConfirmStatement(ctx context.Context, p region.Period, province,
 // later by an operator (ResolveDispute), never by editing the closed period.
 // Idempotent by key as ConfirmStatement. Errors: those of ConfirmStatement
 // and settlement.ErrBadDispute (no items, a malformed, repeated or unknown
-// item).
+// item; a usage id containing an ID number is malformed).
+//
+// A reason is free text that operators and the console show: every GB 11643
+// identity number in it is masked (pii.MaskAll) before anything else sees
+// it — the stored item, the answer's hash, the replayed answer. Masking, not
+// refusing: a dispute must not be lost because a clerk quoted a resident's
+// number, and the number is not needed to resolve it. A retry with the same
+// items has the same masked reasons, so it is still the same answer.
 func (s *Store) DisputeStatement(ctx context.Context, p region.Period, province string, items []settlement.DisputedItem, key string, now time.Time) (StatementView, error) {
 	if len(items) == 0 {
 		return StatementView{}, fmt.Errorf("%w: a dispute needs at least one item", settlement.ErrBadDispute)
 	}
-	return s.answerStatement(ctx, p, province, key, items, now)
+	masked := make([]settlement.DisputedItem, len(items))
+	for i, it := range items {
+		it.Reason = pii.MaskAll(it.Reason)
+		masked[i] = it
+	}
+	return s.answerStatement(ctx, p, province, key, masked, now)
 }
 
 // answerHash is sha256 over the canonical answer: CONFIRM, or DISPUTE and
-// the items sorted by usage id.
+// the items sorted by usage id. The reasons are already masked
+// (DisputeStatement): a hash over an ID number would give it away to anyone
+// who tries the few million numbers its mask leaves open.
 func answerHash(items []settlement.DisputedItem) []byte {
 	h := sha256.New()
 	if len(items) == 0 {
@@ -220,7 +234,7 @@ func (s *Store) answerStatement(ctx context.Context, p region.Period, province, 
 		return StatementView{}, err
 	}
 	if !validKey(key, keyLenMax) {
-		return StatementView{}, fmt.Errorf("%w: answer key must be 1..%d printable ASCII characters without spaces", ErrBadKey, keyLenMax)
+		return StatementView{}, fmt.Errorf("%w: answer key must be 1..%d printable ASCII characters without spaces, containing no ID number", ErrBadKey, keyLenMax)
 	}
 	hash := answerHash(items)
 	var (
@@ -541,10 +555,14 @@ func resolutionHash(r DisputeResolution) []byte {
 
 // AdjustmentID is the deterministic id of the ADJUSTMENT that corrects
 // record usageID of period p: "ADJ-<setlym>-" + 24 hex digits of
-// sha256(setlym ":" usage_id). One record is adjusted at most once.
+// sha256(setlym ":" usage_id). One record is adjusted at most once. The id
+// is a usage id, exported in usages.csv and disputable like any other, so
+// it never contains a GB 11643 identity number: in the rare case (about one
+// in 10^6) that those 24 digits would, they are taken from sha256 of the
+// digest instead, and so on (pii.IDFreeHex).
 func AdjustmentID(p region.Period, usageID string) string {
 	h := sha256.Sum256([]byte(p.String() + ":" + usageID))
-	return "ADJ-" + p.String() + "-" + hex.EncodeToString(h[:12])
+	return "ADJ-" + p.String() + "-" + pii.IDFreeHex(h[:], 24)
 }
 
 // ResolveDispute settles a disputed statement item (R17). Rejected: the item
@@ -566,13 +584,13 @@ func AdjustmentID(p region.Period, usageID string) string {
 // ErrRetriesExhausted, database errors.
 func (s *Store) ResolveDispute(ctx context.Context, in DisputeResolution, now time.Time) (ResolvedDispute, error) {
 	if !validKey(in.Key, keyLenMax) {
-		return ResolvedDispute{}, fmt.Errorf("%w: resolution key must be 1..%d printable ASCII characters without spaces", ErrBadKey, keyLenMax)
+		return ResolvedDispute{}, fmt.Errorf("%w: resolution key must be 1..%d printable ASCII characters without spaces, containing no ID number", ErrBadKey, keyLenMax)
 	}
 	if err := checkProvinceArg(in.Province); err != nil {
 		return ResolvedDispute{}, err
 	}
 	if !validKey(in.UsageID, keyLenMax) {
-		return ResolvedDispute{}, fmt.Errorf("%w: usage id must be 1..%d printable ASCII characters", settlement.ErrBadDispute, keyLenMax)
+		return ResolvedDispute{}, fmt.Errorf("%w: usage id must be 1..%d printable ASCII characters, containing no ID number", settlement.ErrBadDispute, keyLenMax)
 	}
 	if in.Accept && in.Adjustment != nil && (in.Adjustment.IsZero() || !in.Adjustment.InRange()) {
 		return ResolvedDispute{}, fmt.Errorf("%w: adjustment %s must be non-zero and within NUMERIC(18,2)", settlement.ErrNothingToAdjust, in.Adjustment)

@@ -2,10 +2,15 @@ package clearingdb_test
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"gongji/clearingdb"
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/prepay"
 	"gongji/region"
@@ -116,4 +121,94 @@ func TestStatementDisputeResolutions(t *testing.T) {
 		t.Fatalf("second sweep expired %d, %v; want 0", n, err)
 	}
 	opVerify(t, b)
+}
+
+// TestDisputeReasonMaskedAndKeysRefused: a dispute reason is free text: an
+// ID number in it is stored masked, the answer (its replay too) shows it
+// masked, and a retry of the same dispute is still idempotent. Keys and
+// usage ids containing an ID number are refused before anything is written.
+func TestDisputeReasonMaskedAndKeysRefused(t *testing.T) {
+	t.Parallel()
+	b := opJuly(t)
+	jul := opPeriod(t, "202607")
+	if _, err := b.store.ClosePeriod(b.ctx, jul, closeJul); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, time.August, 9, 10, 0, 0, 0, region.Shanghai)
+	id := idNumber(t, "110105", "19800101", "777")
+	id2 := idNumber(t, "310101", "19991231", "042")
+	reason := "退款给 " + id + "（代办人 " + id2 + "）"
+	want := "退款给 " + pii.Mask(id) + "（代办人 " + pii.Mask(id2) + "）"
+	disputes := func() []string {
+		rows, err := b.db.Pool.Query(b.ctx, `SELECT t::text FROM statement_disputes t ORDER BY t::text`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	before := disputes()
+
+	// Keys and usage ids with an ID number: refused, nothing written.
+	item := settlement.DisputedItem{UsageID: "U2", ClaimedAmount: opYuan("50.00"), Reason: reason}
+	if _, err := b.store.DisputeStatement(b.ctx, jul, opBJ, []settlement.DisputedItem{item}, "bj-"+id, at); !errors.Is(err, clearingdb.ErrBadKey) {
+		t.Fatalf("answer key with an ID number: %v", err)
+	}
+	if _, err := b.store.ConfirmStatement(b.ctx, jul, opBJ, id, at); !errors.Is(err, clearingdb.ErrBadKey) {
+		t.Fatalf("confirm key that is an ID number: %v", err)
+	}
+	bad := item
+	bad.UsageID = "U-" + id
+	if _, err := b.store.DisputeStatement(b.ctx, jul, opBJ, []settlement.DisputedItem{bad}, "bj-1", at); !errors.Is(err, settlement.ErrBadDispute) ||
+		strings.Contains(err.Error(), id) {
+		t.Fatalf("disputed usage id with an ID number: %v", err)
+	}
+	if _, err := b.store.ResolveDispute(b.ctx, clearingdb.DisputeResolution{Period: jul, Province: opBJ, UsageID: id, Key: "r-1"}, at); !errors.Is(err, settlement.ErrBadDispute) {
+		t.Fatalf("resolved usage id that is an ID number: %v", err)
+	}
+	if _, err := b.store.ResolveDispute(b.ctx, clearingdb.DisputeResolution{Period: jul, Province: opBJ, UsageID: "U2", Key: "r-" + id}, at); !errors.Is(err, clearingdb.ErrBadKey) {
+		t.Fatalf("resolution key with an ID number: %v", err)
+	}
+	if _, err := b.store.FundPrepay(b.ctx, clearingdb.PrepayMovement{Province: opBJ, Amount: opYuan("1.00"), Key: "fund-" + id}, at); !errors.Is(err, clearingdb.ErrBadKey) {
+		t.Fatalf("movement key with an ID number: %v", err)
+	}
+	if after := disputes(); !slices.Equal(before, after) {
+		t.Fatalf("refused calls wrote disputes: %v", after)
+	}
+	if sv, err := b.store.GetStatement(b.ctx, jul, opBJ, at); err != nil || sv.Status != settlement.StatusIssued {
+		t.Fatalf("statement after refusals: %v, %v", sv.Status, err)
+	}
+
+	// The dispute itself: stored, with the reason masked.
+	first, err := b.store.DisputeStatement(b.ctx, jul, opBJ, []settlement.DisputedItem{item}, "bj-1", at)
+	if err != nil || first.Status != settlement.StatusDisputed || len(first.Disputes) != 1 || first.Disputes[0].Reason != want {
+		t.Fatalf("dispute: %+v, %v", first.Disputes, err)
+	}
+	stored := disputes()
+	if len(stored) != len(before)+1 {
+		t.Fatalf("%d disputes stored, want %d", len(stored), len(before)+1)
+	}
+	for _, row := range stored {
+		if pii.ContainsID(row) {
+			t.Fatalf("statement_disputes holds an ID number in clear: %s", row)
+		}
+	}
+	// A retry (same key, same items, the clear reason again) replays the answer.
+	again, err := b.store.DisputeStatement(b.ctx, jul, opBJ, []settlement.DisputedItem{item}, "bj-1", at.Add(time.Minute))
+	if err != nil || again.Status != settlement.StatusDisputed || len(again.Disputes) != 1 || again.Disputes[0].Reason != want ||
+		!again.Disputes[0].DisputedAt.Equal(first.Disputes[0].DisputedAt) {
+		t.Fatalf("retried dispute: %+v, %v", again.Disputes, err)
+	}
+	if after := disputes(); !slices.Equal(stored, after) {
+		t.Fatalf("the retry wrote: %v", after)
+	}
+	// The same key for another reason is another answer.
+	other := item
+	other.Reason = "another reason"
+	if _, err := b.store.DisputeStatement(b.ctx, jul, opBJ, []settlement.DisputedItem{other}, "bj-1", at); !errors.Is(err, clearingdb.ErrKeyReused) {
+		t.Fatalf("key reused for another reason: %v", err)
+	}
 }

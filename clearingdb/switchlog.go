@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"gongji/internal/auditlog"
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 	"gongji/settlement"
@@ -102,10 +103,13 @@ func (e *SwitchEntry) Validate() error {
 		}
 	}
 	if !validKey(e.Key, switchKeyLenMax) {
-		return bad("key must be 1..%d printable ASCII characters", switchKeyLenMax)
+		return bad("key must be 1..%d printable ASCII characters, containing no ID number", switchKeyLenMax)
 	}
 	if e.ReversalOf != "" && !validKey(e.ReversalOf, switchKeyLenMax) {
-		return bad("reversal_of must be at most %d printable ASCII characters", switchKeyLenMax)
+		return bad("reversal_of must be at most %d printable ASCII characters, containing no ID number", switchKeyLenMax)
+	}
+	if e.RelationshipID != "" && !validKey(e.RelationshipID, switchKeyLenMax) {
+		return bad("relationship_id must be at most %d printable ASCII characters, containing no ID number", switchKeyLenMax)
 	}
 	if len(e.Code) > switchCodeLenMax || len(e.Detail) > switchDetailLenMax {
 		return bad("code or detail too long")
@@ -176,8 +180,10 @@ func (s *Store) LogSwitch(ctx context.Context, e *SwitchEntry) error {
 	if !e.OccurredAt.IsZero() {
 		occurred = e.OccurredAt
 	}
+	// Code and Detail are free text from the target's answer (its status
+	// message): kept, with every ID number in them masked.
 	args := []any{p.Int(), e.PayerProvince(), string(e.Op), e.CallerProvince,
-		e.TargetProvince, e.Key, e.ReversalOf, string(e.Outcome), e.Code, e.Detail, amount, e.Kind, e.PayerRegion,
+		e.TargetProvince, e.Key, e.ReversalOf, string(e.Outcome), pii.MaskAll(e.Code), pii.MaskAll(e.Detail), amount, e.Kind, e.PayerRegion,
 		e.PayeeProvince, e.PayeeRegion, occurred, e.RelationshipID, e.StartedAt, e.FinishedAt,
 		e.Latency().Microseconds()}
 	// The routed call's audit row (internal/auditlog) goes into the same

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"gongji/clearingdb"
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 )
@@ -74,5 +75,43 @@ func TestSwitchLog(t *testing.T) {
 	bad.FinishedAt = t0.Add(-time.Second)
 	if err := b.store.LogSwitch(b.ctx, bad); !errors.Is(err, clearingdb.ErrBadRecord) {
 		t.Fatalf("finished before started: %v", err)
+	}
+}
+
+// TestSwitchLogIDNumbers: a key (or reversal_of, or relationship id)
+// containing an ID number is refused before anything is written; the free
+// text of the target's answer (code, detail) is kept with every ID number
+// masked.
+func TestSwitchLogIDNumbers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, err := pii.CheckDigit("11010519800101777")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "11010519800101777" + string(c)
+	for name, mut := range map[string]func(e *clearingdb.SwitchEntry){
+		"key":             func(e *clearingdb.SwitchEntry) { e.Key = "u-" + id },
+		"reversal_of":     func(e *clearingdb.SwitchEntry) { e.Op, e.ReversalOf = clearingdb.OpReversal, id },
+		"relationship id": func(e *clearingdb.SwitchEntry) { e.RelationshipID = "R" + id },
+	} {
+		e := switchEntry("U9", t0)
+		mut(e)
+		if err := b.store.LogSwitch(b.ctx, e); !errors.Is(err, clearingdb.ErrBadRecord) {
+			t.Errorf("%s with an ID number: %v", name, err)
+		}
+	}
+	var n int
+	if err := b.db.Pool.QueryRow(b.ctx, `SELECT count(*) FROM switch_log`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("refused entries wrote %d rows (%v)", n, err)
+	}
+	refused := switchEntry("U9", t0)
+	refused.Outcome, refused.Code, refused.Detail = clearingdb.OutcomeError, "x"+id, "the node said: person "+id+" unknown"
+	if err := b.store.LogSwitch(b.ctx, refused); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.store.SwitchLogForKey(b.ctx, bj, "U9", t0)
+	if err != nil || len(got) != 1 || got[0].Detail != "the node said: person "+pii.Mask(id)+" unknown" || got[0].Code != "x"+pii.Mask(id) {
+		t.Fatalf("logged = %+v, %v", got, err)
 	}
 }

@@ -33,7 +33,11 @@
 //     spend, change) is 1–64 printable ASCII characters without spaces
 //     (KeyLenMax = settlement.UsageIDLenMax: a usage or reversal key becomes a
 //     usage_id at the clearing service). A reversal key must differ from the
-//     usage key it reverses: both are usage ids there.
+//     usage key it reverses: both are usage ids there. A key that contains a
+//     GB 11643 identity number (pii.ContainsID) is refused like a malformed
+//     one: keys are stored, logged and exported in clear, so one can never
+//     carry an ID number. Relationship ids contain none either (sharing
+//     derives them so, and ValidRelationshipID refuses any other).
 //   - Invalid UTF-8 in a request string is InvalidArgument naming the field,
 //     not Internal (serve.ServerCodec). Edge messages never quote the offending
 //     value, so a hostile value (an ID number in the wrong field) is never

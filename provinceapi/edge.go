@@ -55,7 +55,17 @@ func invalid(msg string) error {
 	return withReason(status.New(codes.InvalidArgument, cleanMessage(msg)), "INVALID_INPUT").Err()
 }
 
-// keyOK: 1..KeyLenMax printable ASCII characters without spaces.
+// keyOK: 1..KeyLenMax printable ASCII characters without spaces, and no
+// GB 11643 identity number anywhere in it (pii.ContainsID).
+//
+// Every key a caller chooses (usage, reversal, proposal, command, credit,
+// spend and change keys) is an opaque identifier that the node stores, logs,
+// reports to the clearing service and, for a usage, the clearing service
+// exports (usage_id of usages.csv). There is never a reason to put an ID
+// number into one, and a masked key would no longer name its request, so a
+// key containing one is refused here, before anything is called or written,
+// like any other malformed key (sharing refuses it too, for callers that do
+// not come through this edge).
 func keyOK(s string) bool {
 	if s == "" || len(s) > KeyLenMax {
 		return false
@@ -65,19 +75,19 @@ func keyOK(s string) bool {
 			return false
 		}
 	}
-	return true
+	return !pii.ContainsID(s)
 }
 
 func (c *edge) key(field, v string) string {
 	if !keyOK(v) {
-		c.failf(field, "must be 1 to %d printable ASCII characters without spaces", KeyLenMax)
+		c.failf(field, "must be 1 to %d printable ASCII characters without spaces, and contain no ID number", KeyLenMax)
 	}
 	return v
 }
 
 func (c *edge) relationshipID(field, v string) string {
 	if !sharing.ValidRelationshipID(v) {
-		c.failf(field, `must be a relationship id ("R" and 24 lowercase hex characters)`)
+		c.failf(field, `must be a relationship id ("R" and 24 lowercase hex characters, containing no ID number)`)
 	}
 	return v
 }

@@ -3,10 +3,12 @@ package provincedb_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"gongji/internal/auditlog"
+	"gongji/internal/pii"
 	"gongji/sharing"
 )
 
@@ -81,6 +83,36 @@ func TestAuditInStoreTransaction(t *testing.T) {
 	}
 	if a.count(t, `SELECT count(*) FROM usages WHERE usage_key = $1 AND NOT approved`, req.Key) != 1 {
 		t.Fatal("the refusal is not stored")
+	}
+}
+
+// TestAuditKeyWithIDNumber: a spend over quota whose usage key is an ID
+// number. Such a key used to be accepted: the refusal was stored under the
+// clear key while the audit row's ref was masked, so the outcome lookup by
+// ref (auditOutcome) found nothing and the refusal was recorded "ok". Now
+// the key is refused before any transaction: nothing is stored, and the
+// call's own row records the refusal of the input, with the ref masked.
+func TestAuditKeyWithIDNumber(t *testing.T) {
+	t.Parallel()
+	a := newAuditNode(t)
+	id := newID(t, "410102")
+	before := a.count(t, `SELECT count(*) FROM usages`)
+	ctx, c := a.rec.Start(context.Background(), "gongji:province:410000", "/gongji.province.v1.ProvinceService/Spend", "r-id-key")
+	req := spendReq(a.rel, sharing.KindPharmacy, "1000.00", a.at)
+	req.Key = id
+	c.SetRef(req.Key)
+	_, err := a.svc.Spend(ctx, req)
+	c.Finish(ctx, err)
+	wantErr(t, "spend with an ID number as its key", err, sharing.ErrInvalidInput, pii.ErrContainsID)
+	if n := a.count(t, `SELECT count(*) FROM usages`); n != before {
+		t.Fatalf("%d usages after the refused spend, %d before", n, before)
+	}
+	rs := a.rows(t, "r-id-key")
+	if len(rs) != 1 || rs[0].Outcome == auditlog.OutcomeOK || !strings.HasPrefix(rs[0].Outcome, "error: ") || rs[0].Ref != pii.Mask(id) {
+		t.Fatalf("audit rows of the refused spend: %+v", rs)
+	}
+	if a.count(t, `SELECT count(*) FROM audit_records WHERE ref LIKE '%' || $1 || '%'`, id[4:14]) != 0 {
+		t.Fatal("the ID number is in the audit trail")
 	}
 }
 

@@ -81,6 +81,7 @@ func TestBadInput(t *testing.T) {
 	over := y("9999999999999999.99").Add(y("0.01"))
 	validID := newID(t, "410102")
 	badCheck := validID[:17] + string("0123456789X"[(indexOf("0123456789X", validID[17])+1)%11])
+	idInKey := []error{sharing.ErrInvalidInput, pii.ErrContainsID}
 	spend := func(mut func(*sharing.UsageRequest)) error {
 		req := spendReq(r, sharing.KindMedical, "1.00", clk.Now())
 		mut(&req)
@@ -143,6 +144,47 @@ func TestBadInput(t *testing.T) {
 		{"unknown kind", func() error { return spend(func(r *sharing.UsageRequest) { r.Kind = "MASSAGE" }) }, []error{sharing.ErrInvalidInput}},
 		{"future occurred_at", func() error { return spend(func(r *sharing.UsageRequest) { r.OccurredAt = clk.Now().Add(time.Hour) }) }, []error{sharing.ErrInvalidInput}},
 		{"empty usage key", func() error { return spend(func(r *sharing.UsageRequest) { r.Key = "" }) }, []error{sharing.ErrInvalidInput}},
+		// Keys are stored, logged, reported and exported in clear: one
+		// containing an ID number is refused, whichever key it is.
+		{"usage key that is an ID number", func() error { return spend(func(r *sharing.UsageRequest) { r.Key = validID }) }, idInKey},
+		{"usage key containing an ID number", func() error {
+			return spend(func(r *sharing.UsageRequest) { r.Key = "u-" + strings.ToLower(validID) + "-1" })
+		}, idInKey},
+		{"reversal key containing an ID number", func() error {
+			_, err := n.svc.Reverse(ctx, sharing.ReversalRequest{Key: "rv-" + validID, UsageKey: u.Key, Amount: y("1.00"), OccurredAt: clk.Now()})
+			return err
+		}, idInKey},
+		{"reversed usage key containing an ID number", func() error {
+			_, err := n.svc.Reverse(ctx, sharing.ReversalRequest{Key: key("rv"), UsageKey: validID, Amount: y("1.00"), OccurredAt: clk.Now()})
+			return err
+		}, idInKey},
+		{"credit key containing an ID number", func() error {
+			_, err := n.svc.Credit(ctx, sharing.MovementRequest{Key: "cr-" + validID, PersonRef: sharer, Amount: y("1.00")})
+			return err
+		}, idInKey},
+		{"own spending key containing an ID number", func() error {
+			_, err := n.svc.SpendOwn(ctx, sharing.MovementRequest{Key: validID, PersonRef: sharer, Amount: y("1.00")})
+			return err
+		}, idInKey},
+		{"proposal key containing an ID number", func() error {
+			p := proposal(henan, sharer, inactive, sharing.SideSharer)
+			p.Key = "p-" + validID
+			_, err := n.svc.Propose(ctx, p)
+			return err
+		}, idInKey},
+		{"command key containing an ID number", func() error {
+			_, err := n.svc.Dissolve(ctx, sharing.DissolveRequest{Key: "d-" + validID, RelationshipID: r.ID, By: sharing.SideSharer})
+			return err
+		}, idInKey},
+		{"quota command key containing an ID number", func() error {
+			_, err := n.svc.SetQuota(ctx, sharing.SetQuotaRequest{Key: validID, RelationshipID: r.ID, Quota: y("1.00")})
+			return err
+		}, idInKey},
+		{"change key containing an ID number", func() error {
+			_, err := n.svc.UpdateEnrollment(ctx, sharing.EnrollmentChange{PersonRef: ben, Enrollment: withStatus(employee(luoyang), sharing.PersonSuspended),
+				Key: "e-" + validID})
+			return err
+		}, idInKey},
 		{"self-sharing", func() error {
 			_, err := n.svc.Propose(ctx, proposal(henan, sharer, sharer, sharing.SideSharer))
 			return err
@@ -219,6 +261,32 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	n.conserved(t)
+}
+
+// TestRelationshipIDWithoutIDNumber: a proposal key whose naive id ("R" +
+// the first 24 hex of sha256) would contain a valid ID number gets a
+// relationship id without one, which every later command names.
+func TestRelationshipIDWithoutIDNumber(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	n := newNode(t, henan, newClock(), nil)
+	sharer, ben := n.register(t, employee(zhengzh)), n.register(t, employee(luoyang))
+	p := proposal(henan, sharer, ben, sharing.SideSharer)
+	p.Key = "p-26652556" // naive id R752284332352013102788470 holds a valid number (found by search)
+	r, err := n.svc.Propose(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ID == "R752284332352013102788470" || pii.ContainsID(r.ID) || r.ID != sharing.RelationshipID(henan, p.Key) {
+		t.Fatalf("relationship id %s", r.ID)
+	}
+	if r, err = n.svc.Consent(ctx, sharing.CommandRequest{Key: key("consent"), RelationshipID: r.ID, By: sharing.SideBeneficiary}); err != nil ||
+		r.Status != sharing.StatusActive {
+		t.Fatalf("consent: %+v, %v", r, err)
+	}
+	if again, err := n.svc.Propose(ctx, p); err != nil || again.ID != r.ID {
+		t.Fatalf("retried proposal: %+v, %v", again, err)
+	}
 }
 
 func indexOf(s string, c byte) int {

@@ -233,7 +233,11 @@ func (s *Store) tryTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) 
 // INSERT (no extra round trip). Authorize stores a refused usage (R9: over
 // quota, relationship not active, sharer unable) as a row with its refusal,
 // and commits it: the audit row then says "refused: <REFUSAL>" instead of
-// "ok". The call's ref is the usage key (Spend and Debit name it so).
+// "ok". The call's ref is the usage key (Spend and Debit name it so). The
+// ref is written cleaned (auditlog.Clean masks ID numbers), so this lookup
+// relies on no usage key ever containing an ID number: sharing refuses such
+// keys before any transaction (a masked ref would find nothing, and a
+// refusal stored under the clear key would be audited "ok").
 var auditOutcome = map[string]string{
 	"authorize": `(SELECT 'refused: ' || refusal FROM usages WHERE usage_key = {ref} AND NOT approved)`,
 }

@@ -8,6 +8,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 )
@@ -211,7 +212,7 @@ func (c Config) ConfirmationDeadline(issuedAt time.Time) time.Time {
 // Errors: ErrAlreadyAnswered when status is not ISSUED; ErrWindowClosed when
 // a.At is after the deadline (the statement is deemed confirmed, see
 // ExpireStatement); ErrBadDispute for a usage id that is not 1..64
-// printable ASCII characters, an empty or too long reason or one that is not
+// printable ASCII characters or contains an ID number, an empty or too long reason or one that is not
 // text (control characters, U+FFFD, invalid UTF-8), a claimed amount out of
 // range, a repeated usage id, or too many items.
 func (c Config) AnswerStatement(status StatementStatus, issuedAt time.Time, a Answer) (StatementStatus, error) {
@@ -231,7 +232,7 @@ func (c Config) AnswerStatement(status StatementStatus, issuedAt time.Time, a An
 	for i, d := range a.Disputes {
 		switch {
 		case !validUsageID(d.UsageID):
-			return status, fmt.Errorf("%w: item %d: usage id must have 1..%d printable ASCII characters", ErrBadDispute, i, UsageIDLenMax)
+			return status, fmt.Errorf("%w: item %d: usage id must have 1..%d printable ASCII characters, containing no ID number", ErrBadDispute, i, UsageIDLenMax)
 		case seen[d.UsageID]:
 			return status, fmt.Errorf("%w: item %d: usage %s disputed twice", ErrBadDispute, i, d.UsageID)
 		case d.Reason == "" || len(d.Reason) > DisputeReasonLenMax:
@@ -247,7 +248,10 @@ func (c Config) AnswerStatement(status StatementStatus, issuedAt time.Time, a An
 }
 
 // validUsageID: 1..UsageIDLenMax printable ASCII characters without spaces,
-// the form of every key a node makes (and all the database can compare).
+// the form of every key a node makes (and all the database can compare),
+// and no GB 11643 identity number in it (pii.ContainsID): usage ids are
+// keys, and no key containing one is ever accepted, so such an id names no
+// record; it is refused before it could be stored or quoted.
 func validUsageID(s string) bool {
 	if s == "" || len(s) > UsageIDLenMax {
 		return false
@@ -257,7 +261,7 @@ func validUsageID(s string) bool {
 			return false
 		}
 	}
-	return true
+	return !pii.ContainsID(s)
 }
 
 // validText: valid UTF-8 without control characters other than tab and

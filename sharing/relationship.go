@@ -2,10 +2,10 @@ package sharing
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"time"
 
+	"gongji/internal/pii"
 	"gongji/ledger"
 	"gongji/money"
 	"gongji/region"
@@ -169,13 +169,21 @@ type Relationship struct {
 
 // RelationshipID derives a relationship's id from where and under which key
 // it was proposed: "R" + the first 24 hex of sha256(province ":" key). A
-// retried proposal therefore names the same relationship on every node.
+// retried proposal therefore names the same relationship on every node. In
+// the rare case (about one key in 10^6) that those 24 characters contain a
+// GB 11643 identity number, the id is taken from sha256 of the digest
+// instead, and so on (pii.IDFreeHex): relationship ids are keys that every
+// node and the clearing service store and log, and no key ever carries an
+// ID number, not even by chance.
 func RelationshipID(originProvince, proposalKey string) string {
 	h := sha256.Sum256([]byte(originProvince + ":" + proposalKey))
-	return "R" + hex.EncodeToString(h[:])[:24]
+	return "R" + pii.IDFreeHex(h[:], 24)
 }
 
-// ValidRelationshipID checks the form produced by RelationshipID.
+// ValidRelationshipID checks the form produced by RelationshipID: "R" and
+// 24 lowercase hex characters, containing no identity number
+// (pii.ContainsID, which does not depend on the date, so an id valid once
+// stays valid).
 func ValidRelationshipID(id string) bool {
 	if len(id) != 25 || id[0] != 'R' {
 		return false
@@ -186,7 +194,7 @@ func ValidRelationshipID(id string) bool {
 			return false
 		}
 	}
-	return true
+	return !pii.ContainsID(id)
 }
 
 // ProvinceOf returns the province of a side.

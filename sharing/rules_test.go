@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 	"gongji/sharing"
@@ -484,6 +485,91 @@ func TestEnrollmentChange(t *testing.T) {
 			if got := c.ch.Target(cur); got != want {
 				t.Errorf("%s: Target = %+v, want %+v", name, got, want)
 			}
+		}
+	}
+}
+
+// collidingProposalKey is a proposal key whose naive relationship id from
+// 410000 ("R" + the first 24 hex of sha256), R752284332352013102788470,
+// contains a valid ID number (found by search); its birth date is in the
+// past, so it stays valid.
+const collidingProposalKey = "p-26652556"
+
+// TestKeysWithIDNumbers: every idempotency key is refused when it contains a
+// GB 11643 number, with ErrInvalidInput and pii.ErrContainsID on a
+// *FieldError; a derived relationship id never contains one, and one that
+// does is not a relationship id.
+func TestKeysWithIDNumbers(t *testing.T) {
+	t.Parallel()
+	c, err := pii.CheckDigit("41010519800101777")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "41010519800101777" + string(c)
+	relID := sharing.RelationshipID("410000", "k")
+	checks := map[string]func(key string) error{
+		"usage_key": func(k string) error {
+			return sharing.UsageRequest{Key: k, RelationshipID: relID, Kind: sharing.KindPharmacy, Amount: y("1.00"),
+				PayeeProvince: "410000", PayeeRegion: "410300", OccurredAt: t0}.Validate()
+		},
+		"reversal_key": func(k string) error {
+			return sharing.ReversalRequest{Key: k, UsageKey: "u", Amount: y("1.00"), OccurredAt: t0}.Validate()
+		},
+		"reversed usage_key": func(k string) error {
+			return sharing.ReversalRequest{Key: "rv", UsageKey: k, Amount: y("1.00"), OccurredAt: t0}.Validate()
+		},
+		"movement key": func(k string) error {
+			return sharing.MovementRequest{Key: k, PersonRef: refA, Amount: y("1.00")}.Validate()
+		},
+		"proposal key": func(k string) error {
+			return sharing.Proposal{Key: k, Origin: "410000", By: sharing.SideSharer, SharerRef: refA, SharerProvince: "410000",
+				BeneficiaryRef: refB, BeneficiaryProvince: "410000", Relation: sharing.RelationChild}.Validate()
+		},
+		"command key": func(k string) error {
+			return sharing.Command{Key: k, Kind: sharing.CommandConsent, RelationshipID: relID, By: sharing.SideBeneficiary}.Validate()
+		},
+		"change key": func(k string) error {
+			return sharing.EnrollmentChange{PersonRef: refA, Enrollment: emp(), Key: k}.Validate("410000")
+		},
+	}
+	for name, check := range checks {
+		if err := check("ok-key-1"); err != nil {
+			t.Fatalf("%s: a plain key refused: %v", name, err)
+		}
+		for _, k := range []string{id, "u-" + id, id + "-1", id[:17] + "x" /* a wrong check character: no number */} {
+			err := check(k)
+			if !pii.ContainsID(k) {
+				if err != nil {
+					t.Errorf("%s %q: %v", name, k, err)
+				}
+				continue
+			}
+			var fe *sharing.FieldError
+			if !errors.Is(err, sharing.ErrInvalidInput) || !errors.Is(err, pii.ErrContainsID) || !errors.As(err, &fe) {
+				t.Errorf("%s %q: %v, want ErrInvalidInput and pii.ErrContainsID", name, k, err)
+			}
+		}
+	}
+
+	naive := "R752284332352013102788470"
+	if !pii.ContainsID(naive) || sharing.ValidRelationshipID(naive) {
+		t.Fatalf("%s: holds a number %v, valid %v", naive, pii.ContainsID(naive), sharing.ValidRelationshipID(naive))
+	}
+	got := sharing.RelationshipID("410000", collidingProposalKey)
+	if got == naive || !sharing.ValidRelationshipID(got) || sharing.RelationshipID("410000", collidingProposalKey) != got {
+		t.Errorf("RelationshipID of the colliding key = %s", got)
+	}
+	p := sharing.Proposal{Key: collidingProposalKey, Origin: "410000", By: sharing.SideSharer, SharerRef: refA, SharerProvince: "410000",
+		BeneficiaryRef: refB, BeneficiaryProvince: "410000", Relation: sharing.RelationChild}
+	if err := p.Validate(); err != nil {
+		t.Errorf("the colliding proposal key itself is a good key: %v", err)
+	}
+	for name, err := range map[string]error{
+		"usage":   sharing.UsageRequest{Key: "u", RelationshipID: naive, Kind: sharing.KindPharmacy, Amount: y("1.00"), PayeeProvince: "410000", PayeeRegion: "410300", OccurredAt: t0}.Validate(),
+		"command": sharing.Command{Key: "c", Kind: sharing.CommandConsent, RelationshipID: naive, By: sharing.SideBeneficiary}.Validate(),
+	} {
+		if !errors.Is(err, sharing.ErrInvalidInput) {
+			t.Errorf("%s naming a relationship id with an ID number: %v", name, err)
 		}
 	}
 }

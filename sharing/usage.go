@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"gongji/internal/pii"
 	"gongji/money"
 	"gongji/region"
 )
@@ -48,6 +49,15 @@ func (r Role) Valid() bool { return r == RoleLocal || r == RolePayer || r == Rol
 // keyLenMax bounds idempotency keys (usage, reversal and command keys).
 const keyLenMax = 128
 
+// validKey checks an idempotency key chosen by a caller (usage, reversal,
+// proposal, command, credit, spend and change keys): 1..keyLenMax printable
+// ASCII characters without spaces, and no GB 11643 identity number in it
+// (pii.ContainsID; the error then also matches pii.ErrContainsID). A key is
+// an opaque identifier: it is stored, logged, sent to the clearing service
+// and exported (a usage key is the usage_id of usages.csv) as it is, so an
+// ID number in one would leave the province in clear. There is no reason to
+// ever put one there, so such a key is refused before anything is written,
+// rather than masked (a masked key would no longer name its request).
 func validKey(field, k string) error {
 	if k == "" || len(k) > keyLenMax {
 		return fieldErrf(field, "must be 1 to %d bytes", keyLenMax)
@@ -56,6 +66,9 @@ func validKey(field, k string) error {
 		if k[i] < 0x21 || k[i] > 0x7e {
 			return fieldErrf(field, "must be printable ASCII without spaces")
 		}
+	}
+	if pii.ContainsID(k) {
+		return fieldErr(field, pii.ErrContainsID)
 	}
 	return nil
 }

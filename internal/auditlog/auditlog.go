@@ -52,10 +52,20 @@
 //
 // Actors are certificate identities, refs are keys, ids, periods and person
 // refs (HMAC). Every text that goes into a row passes Clean, which drops
-// control characters, bounds the length and masks any 18-character run that
-// is a GB 11643 identity number (pii.Validate), so even a client
-// that puts an ID number into a key or its request id leaves only
-// "1101**********123X" behind.
+// control characters, bounds the length and masks every 18-character window
+// that is a GB 11643 identity number (pii.MaskAll, overlapping numbers
+// included), so even a client that puts an ID number into a key or its
+// request id leaves only "1101**********123X" behind. The stores refuse
+// keys that contain an ID number before any transaction (sharing, clearingdb,
+// and the gRPC edges), so such a call ends as a refusal; the masking here is
+// for what reaches a row without passing those checks (a request id, the
+// ref of a call refused at the edge).
+//
+// A ref is written masked, so SQL that finds an outcome by the ref
+// (InsertOutcomeFrom's {ref}) cannot find a row stored under a key that
+// contains an ID number: such a call would be recorded "ok" whatever it
+// stored. That is why no store may accept such a key: provincedb's
+// "refused: <REFUSAL>" lookup by usage key relies on sharing refusing them.
 package auditlog
 
 import (
@@ -479,7 +489,7 @@ func RequestID(s string) string {
 			return NewRequestID()
 		}
 	}
-	return maskIDs(s)
+	return pii.MaskAll(s)
 }
 
 // NewRequestID returns a random version-4 UUID: unique, and with at most 12
@@ -495,7 +505,7 @@ func NewRequestID() string {
 
 // Clean makes s fit an audit column: valid UTF-8 without control
 // characters, at most max bytes (cut at a rune boundary), every GB 11643
-// identity number in it masked (maskIDs).
+// identity number in it masked (pii.MaskAll).
 func Clean(s string, max int) string {
 	s = strings.ToValidUTF8(s, "?")
 	s = strings.Map(func(r rune) rune {
@@ -504,7 +514,7 @@ func Clean(s string, max int) string {
 		}
 		return r
 	}, s)
-	s = maskIDs(s)
+	s = pii.MaskAll(s)
 	if len(s) > max {
 		n := max
 		for n > 0 && !utf8.RuneStart(s[n]) {
@@ -514,28 +524,3 @@ func Clean(s string, max int) string {
 	}
 	return s
 }
-
-// maskIDs replaces every 18-character window that is a GB 11643 identity
-// number (pii.Validate: check character, birth date, province prefix) by its
-// masked form (pii.Mask). The full check keeps hex refs and long numeric
-// keys from being masked by chance (a check character alone matches one
-// window in eleven of digits).
-func maskIDs(s string) string {
-	if len(s) < pii.IDLen {
-		return s
-	}
-	b := []byte(s)
-	for i := 0; i+pii.IDLen <= len(b); i++ {
-		if !isDigit(b[i]) || !isDigit(b[i+16]) {
-			continue // cheap pre-check before the full validation
-		}
-		if pii.Validate(string(b[i:i+pii.IDLen])) != nil {
-			continue
-		}
-		copy(b[i:], pii.Mask(string(b[i:i+pii.IDLen])))
-		i += pii.IDLen - 1
-	}
-	return string(b)
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,13 +52,32 @@ func TestClean(t *testing.T) {
 			t.Errorf("Clean(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
+	// Overlapping numbers (the second begins with the last four characters
+	// of the first) are both masked: masking the first and skipping past it
+	// would leave the second readable.
+	var first string
+	for day := 10; day <= 28 && first == ""; day++ {
+		cand := "110105198002" + strconv.Itoa(day) + "410"
+		if c, err := pii.CheckDigit(cand); err == nil && c == '1' {
+			first = cand + "1"
+		}
+	}
+	c, err := pii.CheckDigit("41010519900101123")
+	if err != nil || first == "" {
+		t.Fatalf("no overlapping numbers: %v", err)
+	}
+	second := "41010519900101123" + string(c)
+	got := auditlog.Clean("k-"+first+second[4:], 256)
+	if want := "k-" + pii.Mask(first) + strings.Repeat("*", 10) + second[14:]; got != want || pii.ContainsID(got) {
+		t.Errorf("overlapping numbers: Clean = %q, want %q", got, want)
+	}
 	// A hex person_ref is never mangled: it has letters or fails the ID check.
 	ref := pii.PersonRef([]byte("k"), id)
 	if got := auditlog.Clean(ref, 128); got != ref {
 		t.Errorf("a person_ref was changed: %q → %q", ref, got)
 	}
 	// Truncation at a rune boundary, within the byte limit.
-	got := auditlog.Clean(strings.Repeat("共济", 50), 10)
+	got = auditlog.Clean(strings.Repeat("共济", 50), 10)
 	if len(got) > 10 || !strings.HasPrefix("共济共济", got) || got != "共济共" {
 		t.Errorf("truncated to %q", got)
 	}

@@ -204,3 +204,109 @@ func Mask(id string) string {
 	}
 	return b.String()
 }
+
+// ErrContainsID is returned (wrapped) by callers that refuse a value which
+// must never carry personal data — an idempotency key, an id chosen by a
+// caller — because it contains an identity number (ContainsID). The
+// refusal must not quote the value.
+var ErrContainsID = errors.New("pii: must not contain a resident ID number (an 18-character run of digits that passes the GB 11643 check); keys are stored and exported as they are: break long digit runs with a non-digit")
+
+// idHorizon is the "today" of ContainsID: the last day a birth date may
+// have (the years 2000-2999 bound every business time in gongji).
+var idHorizon = time.Date(2999, 12, 31, 0, 0, 0, 0, shanghai)
+
+// ContainsID reports whether some 18-byte window of s is an identity number
+// by Parse's rules (check character, province prefix, a calendar birth date)
+// with a birth date anywhere from 1900 to the end of 2999: every number
+// Validate accepts, and those whose birth date is still to come. Keys and
+// other opaque identifiers are refused at the edge when it is true: there is
+// never a reason to put an ID number into one, and a key is stored, logged
+// and exported as it is.
+//
+// It does not depend on the date, unlike Validate: a key accepted once is
+// accepted on every retry, and an id derived to contain no number
+// (IDFreeHex) stays valid. The full check keeps hex digests, person_refs and
+// long numeric keys from matching by chance (a check character alone matches
+// one window of digits in eleven).
+func ContainsID(s string) bool {
+	return nextID(s, 0, idHorizon) >= 0
+}
+
+// IDFreeHex returns the first n lowercase hex characters of digest (a
+// SHA-256) — or, when those contain an identity number (ContainsID), of
+// SHA-256(digest), and so on: the first that contains none. For ids derived
+// from a hash (relationship ids, adjustment ids), which are keys like any
+// other: 24 hex characters hold a valid number about once in 10^6. The
+// result depends on digest alone, so every node derives the same id.
+// It panics unless 1 <= n <= 2*len(digest) and n <= 64: a programming error.
+func IDFreeHex(digest []byte, n int) string {
+	if n < 1 || n > 2*len(digest) || n > 2*sha256.Size {
+		panic(fmt.Sprintf("pii: IDFreeHex of %d characters from %d bytes", n, len(digest)))
+	}
+	for {
+		if h := hex.EncodeToString(digest)[:n]; !ContainsID(h) {
+			return h
+		}
+		d := sha256.Sum256(digest)
+		digest = d[:]
+	}
+}
+
+// MaskAll returns s with every 18-byte window that Validate accepts replaced
+// by its Mask form ("1101**********123X"); everything else is left as it is.
+// It is for text that must be kept although a caller may have typed an ID
+// number into it — a dispute reason, a report record refused at ingest, an
+// audit ref — where refusing would lose what the user said.
+//
+// Properties (FuzzMaskAll): the result has exactly as many bytes as s (an
+// identity number is ASCII, and so is its mask), no 18-byte window of the
+// result passes Validate, a string without a valid ID number comes back
+// unchanged, and MaskAll is idempotent. Overlapping numbers are all masked:
+// the windows are found in s itself, and masking only turns digits into
+// '*', so a window of the result made only of digits and X was already a
+// window of s. MaskAll judges birth dates against the current date; MaskAllAt
+// takes the date.
+func MaskAll(s string) string { return MaskAllAt(s, time.Now()) }
+
+// MaskAllAt is MaskAll with birth dates judged against today (as in Parse).
+func MaskAllAt(s string, today time.Time) string {
+	i := nextID(s, 0, today)
+	if i < 0 {
+		return s
+	}
+	b := []byte(s)
+	for ; i >= 0; i = nextID(s, i+1, today) {
+		// Only the middle is overwritten: the first and last four
+		// characters of the window stay as they were (as in Mask), so an
+		// overlapping window masked earlier keeps its stars.
+		for j := i + maskKeep; j < i+IDLen-maskKeep; j++ {
+			b[j] = '*'
+		}
+	}
+	return string(b)
+}
+
+// nextID returns the start of the first 18-byte window of s at or after
+// from that Parse accepts for today, or -1.
+func nextID(s string, from int, today time.Time) int {
+	for i := from; i+IDLen <= len(s); i++ {
+		if !idShaped(s[i : i+IDLen]) {
+			continue // cheap pre-check before the full validation
+		}
+		if _, err := Parse(s[i:i+IDLen], today); err == nil {
+			return i
+		}
+	}
+	return -1
+}
+
+// idShaped: 17 ASCII digits and a digit, X or x.
+func idShaped(w string) bool {
+	for k := 0; k < IDLen-1; k++ {
+		if w[k] < '0' || w[k] > '9' {
+			return false
+		}
+	}
+	c := w[IDLen-1]
+	return c >= '0' && c <= '9' || c == 'X' || c == 'x'
+}

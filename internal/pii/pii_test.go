@@ -1,7 +1,10 @@
 package pii_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -233,4 +236,167 @@ func FuzzPersonRef(f *testing.F) {
 			t.Fatal("not deterministic")
 		}
 	})
+}
+
+// overlapping returns two valid numbers where the second begins with the
+// last four characters of the first, and the 32-character string in which
+// they overlap.
+func overlapping(t testing.TB) (first, second, joined string) {
+	t.Helper()
+	second = withCheck(t, "41010519900101123")
+	for day := 1; day <= 28; day++ {
+		// The first number ends in "4101": sequence "410", check '1'.
+		cand := fmt.Sprintf("1101051980020%d410", day%10)
+		if day >= 10 {
+			cand = fmt.Sprintf("110105198002%02d410", day)
+		}
+		if c, err := pii.CheckDigit(cand); err == nil && c == '1' {
+			first = cand + "1"
+			break
+		}
+	}
+	if first == "" {
+		t.Fatal("no first number ending in 4101")
+	}
+	return first, second, first + second[4:]
+}
+
+func TestContainsID(t *testing.T) {
+	t.Parallel()
+	id := withCheck(t, "11010519491231002")
+	_, _, joined := overlapping(t)
+	yes := []string{id, "u-" + id, id + "-1", "key:" + strings.ToLower(withCheck(t, "11010519491231002")), joined,
+		"退款 " + id + " 号"}
+	for _, s := range yes {
+		if !pii.ContainsID(s) {
+			t.Errorf("ContainsID(%q) = false", s)
+		}
+	}
+	// A birth date still to come: not valid today, but ContainsID does not
+	// depend on the date (a key accepted once stays accepted).
+	yes = append(yes, "k-"+withCheck(t, "11010529991231001"))
+	badCheck := id[:17] + "1"
+	no := []string{"", "u-1", id[:17], badCheck, strings.Repeat("9", 100), "ab" + id[:10] + "-" + id[10:],
+		pii.Mask(id), pii.PersonRef([]byte("0123456789abcdef"), id), "990105194912310025", /* prefix 99 */
+		withCheck(t, "11010530000101001") /* year 3000 */, withCheck(t, "11010518991231001") /* before 1900 */}
+	for _, s := range no {
+		if pii.ContainsID(s) {
+			t.Errorf("ContainsID(%q) = true", s)
+		}
+	}
+}
+
+func TestMaskAll(t *testing.T) {
+	t.Parallel()
+	id := "11010519491231002X"
+	first, second, joined := overlapping(t)
+	cases := map[string]string{
+		"":                         "",
+		"no number here":           "no number here",
+		id:                         "1101**********002X",
+		"u-" + id + "-" + id:       "u-1101**********002X-1101**********002X",
+		"refund " + id + " please": "refund 1101**********002X please",
+		"11010519491231002x":       "1101**********002x",
+		id[:17] + "1":              id[:17] + "1", // wrong check character: not a number
+		"部分退款" + id:                "部分退款1101**********002X",
+		// Both overlapping numbers lose their middles.
+		joined: first[:4] + strings.Repeat("*", 10) + first[14:] + strings.Repeat("*", 10) + second[14:],
+	}
+	for in, want := range cases {
+		got := pii.MaskAllAt(in, today)
+		if got != want {
+			t.Errorf("MaskAllAt(%q) = %q, want %q", in, got, want)
+		}
+		if pii.MaskAll(in) != got {
+			t.Errorf("MaskAll(%q) differs from MaskAllAt today", in)
+		}
+	}
+	// A birth date after today is not a valid number (yet).
+	future := withCheck(t, "11010520270101001")
+	if got := pii.MaskAllAt(future, today); got != future {
+		t.Errorf("MaskAllAt(future) = %q", got)
+	}
+}
+
+// FuzzMaskAll: MaskAllAt never panics, keeps the length in bytes, changes
+// only characters of valid numbers (to '*'), leaves no window that Parse
+// accepts, returns a string without a valid number unchanged, and is
+// idempotent.
+func FuzzMaskAll(f *testing.F) {
+	f.Add("11010519491231002X")
+	f.Add("u-11010519491231002x-440304200002290014")
+	f.Add("退款11010519491231002X")
+	f.Add(strings.Repeat("9", 64))
+	_, _, joined := overlapping(f)
+	f.Add("k-" + joined + "-" + joined)
+	f.Fuzz(func(t *testing.T, s string) {
+		if len(s) > 1<<12 {
+			return
+		}
+		had := false
+		for i := 0; i+pii.IDLen <= len(s); i++ {
+			if _, err := pii.Parse(s[i:i+pii.IDLen], today); err == nil {
+				had = true
+				break
+			}
+		}
+		m := pii.MaskAllAt(s, today)
+		if len(m) != len(s) {
+			t.Fatalf("MaskAllAt(%q) = %q: %d bytes, want %d", s, m, len(m), len(s))
+		}
+		for i := 0; i < len(m); i++ {
+			if m[i] != s[i] && m[i] != '*' {
+				t.Fatalf("MaskAllAt(%q) = %q changes byte %d to %q", s, m, i, m[i])
+			}
+		}
+		for i := 0; i+pii.IDLen <= len(m); i++ {
+			if _, err := pii.Parse(m[i:i+pii.IDLen], today); err == nil {
+				t.Fatalf("MaskAllAt(%q) = %q leaves a valid number at %d", s, m, i)
+			}
+		}
+		if !had && m != s {
+			t.Fatalf("MaskAllAt(%q) = %q changed a string without a valid number", s, m)
+		}
+		if had && m == s {
+			t.Fatalf("MaskAllAt(%q) left a valid number unmasked", s)
+		}
+		if pii.MaskAllAt(m, today) != m {
+			t.Fatalf("MaskAllAt not idempotent on %q", s)
+		}
+		_ = pii.MaskAll(s) // against the real date: must not panic either
+	})
+}
+
+// TestIDFreeHex: a digest whose first 24 hex characters hold a valid number
+// (sha256 of "410000:p-26652556", found by search) gives the first 24 of the
+// next digest instead; any other gives its own first characters.
+func TestIDFreeHex(t *testing.T) {
+	t.Parallel()
+	d := sha256.Sum256([]byte("410000:p-26652556"))
+	naive := hex.EncodeToString(d[:])[:24]
+	if !pii.ContainsID(naive) {
+		t.Fatalf("%s holds no number: the fixture is stale", naive)
+	}
+	next := sha256.Sum256(d[:])
+	got := pii.IDFreeHex(d[:], 24)
+	if got != hex.EncodeToString(next[:])[:24] || pii.ContainsID(got) || pii.IDFreeHex(d[:], 24) != got {
+		t.Errorf("IDFreeHex = %s (naive %s)", got, naive)
+	}
+	plain := sha256.Sum256([]byte("410000:k"))
+	if got := pii.IDFreeHex(plain[:], 24); got != hex.EncodeToString(plain[:])[:24] {
+		t.Errorf("IDFreeHex changed a digest without a number: %s", got)
+	}
+	if got := pii.IDFreeHex(plain[:], 64); got != hex.EncodeToString(plain[:]) {
+		t.Errorf("IDFreeHex(64) = %s", got)
+	}
+	for _, n := range []int{0, 65} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("IDFreeHex(%d) did not panic", n)
+				}
+			}()
+			pii.IDFreeHex(plain[:], n)
+		}()
+	}
 }
