@@ -344,8 +344,8 @@ type lateRow struct {
 
 // qLate lists at most limit of p's late records (arrived after their own
 // month's cut-off) where province pays or receives ("" all), oldest first.
-// It scans the period's usages partition (no index on late): fine at
-// demo size; a summary table would be the way at national scale.
+// It reads the partial index usages_late (late rows only, in this order),
+// so it costs the rows it returns, not the period's size.
 func qLate(ctx context.Context, tx pgx.Tx, p region.Period, province string, limit int) ([]lateRow, error) {
 	rows, err := tx.Query(ctx, `SELECT usage_id, entry_type, kind, payer_province, payer_region, payee_province,
 			payee_region, amount::text, occurred_at, first_at
