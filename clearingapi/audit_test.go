@@ -285,9 +285,9 @@ func TestAuditEveryStateChangingMethod(t *testing.T) {
 			CommandKey: "c-1", OriginProvince: beijing, RelationshipId: "R1", By: provincev1.Side_SIDE_BENEFICIARY}}, "sw-4", codes.OK)
 	f.wantRows(t, "sw-4", row(bj, sw+"RelayRelationshipCommand", "ok", "R1"))
 	call(hn, sw+"RelayRelationshipSnapshot", &clearingv1.RelayRelationshipSnapshotRequest{TargetProvince: beijing,
-		Relationship: &provincev1.Relationship{RelationshipId: "R1", SharerRef: ref("s"), SharerProvince: henan, BeneficiaryRef: ref("b"),
+		Relationship: withSnapshotFields(&provincev1.Relationship{RelationshipId: "R1", SharerRef: ref("s"), SharerProvince: henan, BeneficiaryRef: ref("b"),
 			BeneficiaryProvince: beijing, Relation: provincev1.RelationType_RELATION_TYPE_SPOUSE,
-			Status: provincev1.RelationshipStatus_RELATIONSHIP_STATUS_ACTIVE, Quota: "100.00", Used: "6.00", Version: 7}}, "sw-5", codes.OK)
+			Status: provincev1.RelationshipStatus_RELATIONSHIP_STATUS_ACTIVE, Quota: "100.00", Used: "6.00", Version: 7}, regionOf(t, henan))}, "sw-5", codes.OK)
 	f.wantRows(t, "sw-5", row(hn, sw+"RelayRelationshipSnapshot", "ok", "R1@7"))
 
 	// Reporting: one row per batch, none for the stream; a resent batch is a replay.

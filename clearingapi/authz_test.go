@@ -45,9 +45,9 @@ func legitimate(t *testing.T) map[string]struct {
 			Command: &provincev1.ApplyRelationshipCommandRequest{Action: provincev1.RelationshipAction_RELATIONSHIP_ACTION_CONSENT,
 				CommandKey: "authz-c", OriginProvince: beijing, RelationshipId: "R1", By: provincev1.Side_SIDE_BENEFICIARY}}},
 		"gongji.clearing.v1.SwitchService.RelayRelationshipSnapshot": {henan, &clearingv1.RelayRelationshipSnapshotRequest{TargetProvince: beijing,
-			Relationship: &provincev1.Relationship{RelationshipId: "R1", SharerRef: ref("s"), SharerProvince: henan, BeneficiaryRef: ref("b"),
+			Relationship: withSnapshotFields(&provincev1.Relationship{RelationshipId: "R1", SharerRef: ref("s"), SharerProvince: henan, BeneficiaryRef: ref("b"),
 				BeneficiaryProvince: beijing, Relation: provincev1.RelationType_RELATION_TYPE_SPOUSE,
-				Status: provincev1.RelationshipStatus_RELATIONSHIP_STATUS_ACTIVE, Quota: "10.00", Used: "0.00", Version: 7}}},
+				Status: provincev1.RelationshipStatus_RELATIONSHIP_STATUS_ACTIVE, Quota: "10.00", Used: "0.00", Version: 7}, regionOf(t, henan))}},
 		"gongji.clearing.v1.ReportingService.ReportUsage": {beijing, &clearingv1.ReportBatch{BatchId: 1,
 			Records: []*clearingv1.UsageRecord{usageRecord(t, 1, "authz-r", clearingv1.ReporterRole_REPORTER_ROLE_PAYEE, henan, beijing, "2.00")}}},
 	}

@@ -223,6 +223,17 @@ func biVariants(t testing.TB, f biField, now time.Time, base proto.Message) ([]*
 			v := protoreflect.ValueOfMessage(ts.ProtoReflect())
 			out = append(out, &v)
 		}
+	case "btime", "btime?":
+		// A time the caller's node keeps (a relationship's expiry lies in the
+		// future by design): the hostile times but the one ahead of the clock.
+		if kind == "btime" {
+			out = append(out, nil)
+		}
+		hostile := biHostileTimes(now)
+		for _, ts := range hostile[:len(hostile)-1] {
+			v := protoreflect.ValueOfMessage(ts.ProtoReflect())
+			out = append(out, &v)
+		}
 	case "version":
 		i64(0, -1, math.MinInt64)
 	case "seq":
@@ -690,18 +701,18 @@ func TestBadInput(t *testing.T) {
 	sw, stmt, adm := "gongji.clearing.v1.SwitchService.", "gongji.clearing.v1.StatementService.", "gongji.clearing.v1.AdminService."
 	rep := "gongji.clearing.v1.ReportingService.ReportUsage"
 	period := []biField{{"setlym", "period", ""}}
-	// The switch checks what it routes and records by: keys (a relationship
-	// id is a key to the switch: its exact form is the authority node's
-	// rule), provinces, regions, refs, amounts in form. The rest of a
-	// snapshot is the replica node's to check ("routed").
+	// The switch checks a relayed snapshot as completely as the replica
+	// node will (a relationship id is a key to the switch: its exact form is
+	// the authority node's rule; amounts and times in form only), so a bad
+	// snapshot is refused before it is routed or logged.
 	relFields := func(prefix string) []biField {
 		return []biField{{prefix + "relationship_id", "key", ""}, {prefix + "sharer_ref", "ref", ""},
-			{prefix + "sharer_region", "region-hn?", ""}, {prefix + "beneficiary_ref", "ref", ""},
+			{prefix + "sharer_region", "region-hn", ""}, {prefix + "beneficiary_ref", "ref", ""},
 			{prefix + "beneficiary_province", "province", ""}, {prefix + "relation", "enum", ""},
-			{prefix + "proposed_by", "routed", ""}, {prefix + "status", "enum", ""}, {prefix + "quota", "quota?", ""},
-			{prefix + "used", "quota?", ""}, {prefix + "version", "version", ""}, {prefix + "proposed_at", "routed", ""},
-			{prefix + "expires_at", "routed", ""}, {prefix + "updated_at", "routed", ""}, {prefix + "returned", "routed", ""},
-			{prefix + "activated_at", "routed", ""}, {prefix + "ended_at", "routed", ""}}
+			{prefix + "proposed_by", "enum", ""}, {prefix + "status", "enum", ""}, {prefix + "quota", "quota", ""},
+			{prefix + "used", "quota", ""}, {prefix + "version", "version", ""}, {prefix + "proposed_at", "btime", ""},
+			{prefix + "expires_at", "btime", ""}, {prefix + "updated_at", "btime", ""}, {prefix + "returned", "quota?", ""},
+			{prefix + "activated_at", "btime?", ""}, {prefix + "ended_at", "btime?", ""}}
 	}
 	party := func(prefix string) []biField {
 		return []biField{{prefix, "message", ""}, {prefix + ".province_code", "province", ""},
@@ -738,7 +749,7 @@ func TestBadInput(t *testing.T) {
 		{sw + "RelayRelationshipSnapshot", hn, &clearingv1.RelayRelationshipSnapshotRequest{TargetProvince: beijing, Relationship: snapshot()},
 			&clearingv1.RelayRelationshipSnapshotResponse{},
 			append(relFields("relationship."), biField{"relationship", "message", ""},
-				biField{"relationship.sharer_province", "caller:" + henan, ""}, biField{"relationship.dissolve_reason", "routed", ""},
+				biField{"relationship.sharer_province", "caller:" + henan, ""}, biField{"relationship.dissolve_reason", "enum?", ""},
 				biField{"target_province", "other:" + henan, ""})},
 
 		{rep, bj, record(clearingv1.RecordKind_RECORD_KIND_USAGE), &clearingv1.ReportAck{},

@@ -61,6 +61,30 @@ func provinceID(code string) tlsconf.Identity {
 	return tlsconf.Identity{Kind: tlsconf.Province, Province: code}
 }
 
+// withSnapshotFields fills what every authority snapshot carries besides the
+// fields a test cares about — the sharer's region, who proposed, and the
+// proposal, expiry and update times — so that the switch's checks of a relayed
+// snapshot pass; it returns r.
+func withSnapshotFields(r *provincev1.Relationship, sharerRegion string) *provincev1.Relationship {
+	at := time.Date(2026, 7, 1, 9, 0, 0, 0, time.UTC)
+	if r.SharerRegion == "" {
+		r.SharerRegion = sharerRegion
+	}
+	if r.ProposedBy == provincev1.Side_SIDE_UNSPECIFIED {
+		r.ProposedBy = provincev1.Side_SIDE_SHARER
+	}
+	if r.ProposedAt == nil {
+		r.ProposedAt = timestamppb.New(at)
+	}
+	if r.ExpiresAt == nil {
+		r.ExpiresAt = timestamppb.New(at.Add(7 * 24 * time.Hour))
+	}
+	if r.UpdatedAt == nil {
+		r.UpdatedAt = timestamppb.New(at.Add(time.Hour))
+	}
+	return r
+}
+
 func regionOf(t testing.TB, province string) string {
 	t.Helper()
 	p, err := region.ParseProvince(province)
@@ -493,6 +517,7 @@ func (p *testPeerNode) ApplyRelationshipCommand(_ context.Context, req *province
 		BeneficiaryProvince: req.GetOriginProvince(), Status: provincev1.RelationshipStatus_RELATIONSHIP_STATUS_ACTIVE,
 		Relation: provincev1.RelationType_RELATION_TYPE_PARENT, Quota: "0.00", Used: "0.00",
 	}
+	withSnapshotFields(rel, p.region)
 	if req.GetAction() == provincev1.RelationshipAction_RELATIONSHIP_ACTION_PROPOSE {
 		rel.RelationshipId = "R" + strings.Repeat("0", 23) + fmt.Sprint(len(p.commands)%10)
 		rel.Status = provincev1.RelationshipStatus_RELATIONSHIP_STATUS_PENDING

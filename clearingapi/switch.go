@@ -749,19 +749,55 @@ func (c *edgeCheck) relationship(r *provincev1.Relationship, sharer string) {
 	}
 	c.ref("relationship.sharer_ref", r.GetSharerRef())
 	c.ref("relationship.beneficiary_ref", r.GetBeneficiaryRef())
-	if r.GetSharerRegion() != "" {
-		c.regionIn("relationship.sharer_region", r.GetSharerRegion(), sharer)
-	}
+	c.regionIn("relationship.sharer_region", r.GetSharerRegion(), sharer)
 	c.enum("relationship.relation", int32(r.GetRelation()), int32(provincev1.RelationType_RELATION_TYPE_GRANDCHILD_MATERNAL), r.GetRelation().String())
+	c.enum("relationship.proposed_by", int32(r.GetProposedBy()), int32(provincev1.Side_SIDE_BENEFICIARY), r.GetProposedBy().String())
 	c.enum("relationship.status", int32(r.GetStatus()), int32(provincev1.RelationshipStatus_RELATIONSHIP_STATUS_DISSOLVED), r.GetStatus().String())
-	// Amounts only in form: how quota and used relate after a dissolution is
-	// the authority's rule, not the switch's.
-	for _, f := range []struct{ name, v string }{{"relationship.quota", r.GetQuota()}, {"relationship.used", r.GetUsed()}} {
-		if f.v == "" {
+	if r.GetDissolveReason() != provincev1.DissolveReason_DISSOLVE_REASON_UNSPECIFIED {
+		c.enum("relationship.dissolve_reason", int32(r.GetDissolveReason()), int32(provincev1.DissolveReason_DISSOLVE_REASON_ACCOUNT_LOST), r.GetDissolveReason().String())
+	}
+	// Amounts only in form: how quota, used and returned relate after a
+	// dissolution is the authority's rule, not the switch's. returned may be
+	// empty (a node that predates the field); quota and used may not.
+	for _, f := range []struct {
+		name, v  string
+		required bool
+	}{{"relationship.quota", r.GetQuota(), true}, {"relationship.used", r.GetUsed(), true}, {"relationship.returned", r.GetReturned(), false}} {
+		if f.v == "" && !f.required {
 			continue
 		}
 		if y, err := money.Parse(f.v); err != nil || y.IsNegative() {
 			c.failf(f.name, "must be a non-negative amount with at most two decimals")
+		}
+	}
+	// The authority's times, in form only (an expiry lies in the future by
+	// design, so no clock check): the three a snapshot always has, and the
+	// two a node that predates them may leave unset.
+	for _, f := range []struct {
+		name     string
+		ts       *timestamppb.Timestamp
+		required bool
+	}{{"relationship.proposed_at", r.GetProposedAt(), true}, {"relationship.expires_at", r.GetExpiresAt(), true},
+		{"relationship.updated_at", r.GetUpdatedAt(), true}, {"relationship.activated_at", r.GetActivatedAt(), false},
+		{"relationship.ended_at", r.GetEndedAt(), false}} {
+		if f.ts == nil && !f.required {
+			continue
+		}
+		c.businessTime(f.name, f.ts)
+	}
+}
+
+// businessTime checks a time the caller's node keeps (set, valid, within the
+// years 2000–2999) without comparing it with the clearing service's clock.
+func (c *edgeCheck) businessTime(field string, ts *timestamppb.Timestamp) {
+	switch {
+	case ts == nil:
+		c.failf(field, "is required")
+	case ts.CheckValid() != nil:
+		c.failf(field, "%v", ts.CheckValid())
+	default:
+		if y := ts.AsTime().In(region.Shanghai).Year(); y < 2000 || y > 2999 {
+			c.failf(field, "is outside the years 2000-2999")
 		}
 	}
 }
