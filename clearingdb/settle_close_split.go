@@ -79,15 +79,26 @@ func closeSplits(ctx context.Context, tx pgx.Tx, p region.Period) (splits int, p
 }
 
 // sqlCloseSumsRange is sqlCloseSums over one block range of the period's
-// partition ($1, $2: tids; the last range has no upper bound), returning the
-// partial sums instead of inserting them. %s is the partition.
+// partition, returning the partial sums instead of inserting them. The
+// first %s is the partition, the second the range condition (closeRange):
+// plain comparisons of ctid with tid parameters, which the planner turns
+// into a TID range scan of exactly those blocks.
 const sqlCloseSumsRange = `SELECT GROUPING(payer_province, payee_province, payer_region, payee_region),
 		payer_province, payee_province, payer_region, payee_region,
 		count(*), count(*) FILTER (WHERE late),
 		count(*) FILTER (WHERE NOT (payer_reported AND payee_reported) AND entry_type <> 'ADJUSTMENT'),
 		sum(amount)
-	FROM %s WHERE ctid >= $1::tid AND ($2::tid IS NULL OR ctid < $2::tid)
+	FROM %s WHERE %s
 	GROUP BY GROUPING SETS ((payer_province, payee_province), (payer_province, payer_region), (payee_province, payee_region))`
+
+// closeRange is the condition and arguments of the block range [lo, hi)
+// (hi nil: to the end of the table).
+func closeRange(lo string, hi *string) (string, []any) {
+	if hi == nil {
+		return `ctid >= $1::tid`, []any{lo}
+	}
+	return `ctid >= $1::tid AND ctid < $2::tid`, []any{lo, *hi}
+}
 
 // sqlCloseSumsMerge sums the ranges' partial rows into close_sums.
 const (
@@ -176,7 +187,8 @@ func (s *Store) closeSumsRange(ctx context.Context, snap, part, lo string, hi *s
 	if _, err := tx.Exec(ctx, `SET LOCAL work_mem = '`+closeWorkMem+`'; SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, fmt.Sprintf(sqlCloseSumsRange, pgx.Identifier{part}.Sanitize()), lo, hi)
+	cond, args := closeRange(lo, hi)
+	rows, err := tx.Query(ctx, fmt.Sprintf(sqlCloseSumsRange, pgx.Identifier{part}.Sanitize(), cond), args...)
 	if err != nil {
 		return nil, err
 	}
