@@ -10,6 +10,9 @@
 // province node (gongji:province:XX0000) may act only as its own province and
 // read only its own data; operator methods need gongji:operator. Amounts are
 // decimal strings with at most two decimals; periods are setlym "YYYYMM".
+// Keys and usage ids never contain a resident ID number (any 18-character run
+// that passes the GB 11643 check is refused, or masked in a rejected record):
+// see gongji.province.v1.
 
 package clearingv1
 

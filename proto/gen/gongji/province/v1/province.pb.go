@@ -10,7 +10,11 @@
 // anything else is InvalidArgument. Codes are 6-digit GB/T 2260 strings. Every
 // state-changing request carries a key chosen by the caller: a retry with the
 // same key and the same request returns the first answer and moves nothing
-// twice; the same key with a different request is AlreadyExists.
+// twice; the same key with a different request is AlreadyExists. A key is 1 to
+// 64 printable ASCII characters without spaces and never contains a resident
+// ID number: keys are stored, logged and exported as they are, so a key in
+// which any 18-character run passes the GB 11643 check is InvalidArgument.
+// Break long digit runs (region code, date, serial) with a non-digit.
 
 package provincev1
 
